@@ -1,0 +1,67 @@
+"""Predictor–corrector scheduler for the variance-preserving SDE (DDPM / DDPM++)."""
+
+from __future__ import annotations
+
+from diffusers.configuration_utils import register_to_config
+
+from ..sde import VPSDE
+from .scheduling_sde_common import DDPM_COMPATIBLES, SDESchedulerMixin, vp_sde_from_config
+
+
+class VPSDEScheduler(SDESchedulerMixin):
+    """Predictor–corrector sampler of the VP SDE, a drop-in for DDPM/DDIM schedulers.
+
+    The config uses DDPM's names and defaults, so ``VPSDEScheduler.from_config(ddpm_scheduler.config)`` gives
+    the continuous SDE of that model (``beta_min = N * beta_start``, ``beta_max = N * beta_end``) and the
+    scheduler works inside ``DDPMPipeline``/``DDIMPipeline`` unchanged. ``timesteps`` are ``t * (N - 1)``,
+    the DDPM timestep scale a UNet was trained on. With a corrector on, each time appears
+    ``n_corrector_steps + 1`` times in ``timesteps`` (corrector calls, then the predictor).
+
+    Args:
+        num_train_timesteps (`int`, defaults to 1000): steps ``N`` of the discrete DDPM chain.
+        beta_start (`float`, defaults to 1e-4): first DDPM beta.
+        beta_end (`float`, defaults to 0.02): last DDPM beta.
+        beta_schedule (`str`, defaults to `"linear"`): only `"linear"` has a continuous VP counterpart.
+        prediction_type (`str`, defaults to `"epsilon"`): `"epsilon"`, `"v_prediction"`, `"sample"` or `"score"`.
+        sampling_eps (`float`, defaults to 1e-3): last time of the grid ``linspace(1, sampling_eps, n)``.
+        predictor (`str`, defaults to `"euler_maruyama"`): `"euler_maruyama"`, `"reverse_diffusion"`,
+            `"ancestral"` or `"none"`.
+        corrector (`str`, defaults to `"none"`): `"langevin"`, `"annealed_langevin"` or `"none"`.
+        snr (`float`, defaults to 0.01): signal-to-noise ratio that sets the corrector's step size.
+        n_corrector_steps (`int`, defaults to 1): corrector steps per time.
+        langevin_per_sample (`bool`, defaults to `False`): per-sample Langevin step sizes.
+        denoise_final (`bool`, defaults to `True`): the last step returns its noise-free mean as ``prev_sample``.
+    """
+
+    _compatibles = DDPM_COMPATIBLES + ["ScoreSdeVpScheduler"]
+    _sde_class = VPSDE
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        prediction_type: str = "epsilon",
+        sampling_eps: float = 1e-3,
+        predictor: str = "euler_maruyama",
+        corrector: str = "none",
+        snr: float = 0.01,
+        n_corrector_steps: int = 1,
+        langevin_per_sample: bool = False,
+        denoise_final: bool = True,
+    ) -> None:
+        self.sde = vp_sde_from_config(self._sde_class, num_train_timesteps, beta_start, beta_end, beta_schedule)
+        self._init_common(prediction_type, sampling_eps, predictor, corrector, snr, n_corrector_steps)
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """Like ``ConfigMixin.from_config``; also maps ``ScoreSdeVpScheduler``'s ``beta_min``/``beta_max``."""
+        config = dict(config or {})
+        explicit = set(config) - set(config.get("_use_default_values", []))
+        n = config.get("num_train_timesteps", 1000)
+        for src, dst in (("beta_min", "beta_start"), ("beta_max", "beta_end")):
+            if src in explicit and dst not in config:
+                kwargs.setdefault(dst, config[src] / n)
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
