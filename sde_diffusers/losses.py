@@ -1,0 +1,463 @@
+"""Score-matching objectives.
+
+All losses take a score function ``score_fn(x, t) -> grad_x log p_t(x)`` with continuous ``t`` of shape
+``(batch,)`` (wrap a network with :func:`sde_diffusers.parameterization.make_score_fn`), except the DDPM
+loss, which compares a network's ``epsilon`` with the noise on the discrete chain. Perturbation kernels,
+diffusion coefficients and noise levels come from the :class:`~sde_diffusers.sde.SDE` object; nothing is
+re-derived here.
+
+* :func:`denoising_score_matching_loss`: continuous-time DSM for VE / VP / sub-VP (Song et al., 2021, eq. 7),
+  ``t ~ U(eps, T)``, weighting ``lambda(t) = std(t)^2`` or, with ``likelihood_weighting``, ``g(t)^2``
+  (Song et al., 2021b, "Maximum likelihood training of score-based diffusion models").
+* :func:`smld_loss`: NCSN's discrete loss over ``N`` noise levels, ``sigma^2``-weighted (Song & Ermon, 2019).
+* :func:`ddpm_loss`: DDPM's ``epsilon`` MSE on the discrete chain (Ho et al., 2020).
+* :func:`sliced_score_matching_loss`: sliced score matching with Rademacher or Gaussian projections,
+  optionally variance-reduced (Song et al., 2019).
+* :func:`exact_score_matching_loss`: Hyvärinen's implicit score matching with the full Jacobian trace
+  (``D`` backward passes: for low-dimensional data).
+
+Per-sample reduction (``reduce_mean``), as in score_sde: ``True`` averages the squared error over data
+dimensions; ``False`` takes half its sum (the usual ``1/2 ||.||^2``). Every loss returns the batch mean,
+and with ``return_per_sample=True`` also the per-sample values (shape ``(batch,)``).
+
+Gradient-based objectives (sliced / exact) differentiate ``score_fn`` with respect to its input summed
+over the batch, which is exact only when samples do not interact (GroupNorm is fine, BatchNorm in training
+mode is not).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .sde import SDE, VESDE, VPSDE, ScoreFn, broadcast_to
+
+__all__ = [
+    "PROJECTION_TYPES",
+    "sample_time",
+    "denoising_score_matching_loss",
+    "smld_loss",
+    "ddpm_loss",
+    "sliced_score_matching_loss",
+    "exact_score_matching_loss",
+]
+
+PROJECTION_TYPES = ("rademacher", "gaussian")
+
+LossReturn = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+# ---- shared helpers ----------------------------------------------------------------------------------
+def _check_sde(sde: object) -> SDE:
+    if not isinstance(sde, SDE):
+        raise TypeError(
+            f"sde must be an sde_diffusers.SDE (VESDE, VPSDE or SubVPSDE), got {type(sde).__name__}"
+        )
+    return sde
+
+
+def _check_batch(name: str, x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(
+            f"{name} must have shape (batch, ...) with at least one data dimension, got {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def _check_eps(eps: float, sde: SDE) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < sde.T:
+        raise ValueError(f"eps must be a number in (0, T) = (0, {sde.T}), got {eps!r}")
+    return float(eps)
+
+
+def _check_noise(
+    noise: torch.Tensor | None, x0: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    if noise is None:
+        return torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if not isinstance(noise, torch.Tensor):
+        raise TypeError(f"noise must be a torch.Tensor, got {type(noise).__name__}")
+    if noise.shape != x0.shape:
+        raise ValueError(f"noise must have the shape of the data {tuple(x0.shape)}, got {tuple(noise.shape)}")
+    return noise.to(device=x0.device, dtype=x0.dtype)
+
+
+def _check_output(name: str, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    out = getattr(out, "sample", out)
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{name} must return a tensor of the input's shape {tuple(x.shape)}, got {shape}")
+    return out
+
+
+def _reduce(sq: torch.Tensor, reduce_mean: bool) -> torch.Tensor:
+    """Per-sample reduction of a squared error: mean over data dims, or half the sum."""
+    flat = sq.reshape(sq.shape[0], -1)
+    return flat.mean(dim=1) if reduce_mean else 0.5 * flat.sum(dim=1)
+
+
+def _finish(per_sample: torch.Tensor, return_per_sample: bool) -> LossReturn:
+    loss = per_sample.mean()
+    return (loss, per_sample) if return_per_sample else loss
+
+
+def _call_score(
+    score_fn: Callable[..., torch.Tensor], x: torch.Tensor, t: torch.Tensor | None
+) -> torch.Tensor:
+    return score_fn(x) if t is None else score_fn(x, t)
+
+
+def sample_time(
+    sde: SDE,
+    batch_size: int,
+    eps: float = 1e-5,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Draw ``t ~ U(eps, T)``, shape ``(batch_size,)`` (the training-time distribution of score_sde).
+
+    Args:
+        sde (`SDE`): supplies ``T``.
+        batch_size (`int`): number of times.
+        eps (`float`, defaults to 1e-5): smallest time, in ``(0, T)`` (avoids ``std(0) = 0`` for VP).
+        generator (`torch.Generator`, *optional*): for reproducible draws (on ``device``).
+        device, dtype: of the result.
+    """
+    _check_sde(sde)
+    eps = _check_eps(eps, sde)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    u = torch.rand(batch_size, generator=generator, device=device, dtype=dtype)
+    return u * (sde.T - eps) + eps
+
+
+def _dsm_per_sample(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    reduce_mean: bool,
+    likelihood_weighting: bool,
+) -> torch.Tensor:
+    """DSM at given times and noise: the single implementation behind the continuous and SMLD losses."""
+    mean, std = sde.marginal_prob(x0, t)
+    std_b = broadcast_to(std, x0)
+    x_t = mean + std_b * noise
+    score = _check_output("score_fn", score_fn(x_t, t), x_t)
+    if likelihood_weighting:
+        # lambda(t) = g(t)^2 on the unscaled score error: the ELBO weighting.
+        g2 = sde.sde(torch.zeros_like(x0), t)[1] ** 2
+        return _reduce((score + noise / std_b) ** 2, reduce_mean) * g2
+    # lambda(t) = std(t)^2: (std * score + z)^2, unit scale at every noise level.
+    return _reduce((score * std_b + noise) ** 2, reduce_mean)
+
+
+# ---- denoising score matching ------------------------------------------------------------------------
+def denoising_score_matching_loss(
+    score_fn: ScoreFn,
+    sde: SDE,
+    x0: torch.Tensor,
+    *,
+    eps: float = 1e-5,
+    reduce_mean: bool = True,
+    likelihood_weighting: bool = False,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_per_sample: bool = False,
+) -> LossReturn:
+    r"""Continuous-time denoising score matching for any :class:`~sde_diffusers.sde.SDE`.
+
+    ``x_t = m(t) x_0 + s(t) z`` with ``t ~ U(eps, T)`` and ``z ~ N(0, I)``; per sample
+
+    * default: ``reduce(|| s(t) score_fn(x_t, t) + z ||^2)`` (weighting ``lambda(t) = s(t)^2``);
+    * ``likelihood_weighting=True``: ``g(t)^2 reduce(|| score_fn(x_t, t) + z / s(t) ||^2)``, with ``g`` from
+      ``sde.sde``, which makes the loss an upper bound on the negative log-likelihood (up to a constant).
+
+    For an ``epsilon`` network wrapped by ``make_score_fn`` the default is exactly the DDPM ``epsilon`` MSE.
+
+    Args:
+        score_fn (`Callable`): ``score_fn(x, t)`` returning the score, shape of ``x``.
+        sde (`SDE`): the forward process.
+        x0 (`torch.Tensor`): clean data ``(batch, ...)``.
+        eps (`float`, defaults to 1e-5): smallest sampled time, in ``(0, T)``.
+        reduce_mean (`bool`, defaults to `True`): mean over data dimensions (else half the sum). score_sde's
+            CIFAR-10 VE configs use ``False``, its VP / sub-VP configs ``True``.
+        likelihood_weighting (`bool`, defaults to `False`): use ``g(t)^2`` instead of ``s(t)^2``.
+        t (`torch.Tensor`, *optional*): times ``(batch,)`` in ``(0, T]`` instead of sampling them.
+        noise (`torch.Tensor`, *optional*): ``z`` with the shape of ``x0`` instead of sampling it.
+        generator (`torch.Generator`, *optional*): for the sampled ``t`` and ``z`` (on ``x0``'s device).
+        return_per_sample (`bool`, defaults to `False`): also return the per-sample losses.
+
+    Returns:
+        `torch.Tensor`: the batch-mean loss, or ``(loss, per_sample)`` with ``per_sample`` of shape ``(batch,)``.
+    """
+    _check_sde(sde)
+    x0 = _check_batch("x0", x0)
+    eps = _check_eps(eps, sde)
+    if t is None:
+        t = sample_time(sde, x0.shape[0], eps, generator=generator, device=x0.device, dtype=x0.dtype)
+    else:
+        sde.check_time(t, x0)
+        if not t.is_floating_point() or bool(((t <= 0) | (t > sde.T)).any()):
+            raise ValueError(f"t must be floating-point times in (0, T] = (0, {sde.T}]")
+        t = t.to(device=x0.device, dtype=x0.dtype)
+    noise = _check_noise(noise, x0, generator)
+    per_sample = _dsm_per_sample(score_fn, sde, x0, t, noise, reduce_mean, likelihood_weighting)
+    return _finish(per_sample, return_per_sample)
+
+
+def _check_indices(
+    timesteps: torch.Tensor | None,
+    batch: int,
+    n: int,
+    device: torch.device,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    if timesteps is None:
+        return torch.randint(0, n, (batch,), generator=generator, device=device)
+    if (
+        not isinstance(timesteps, torch.Tensor)
+        or timesteps.is_floating_point()
+        or timesteps.dtype == torch.bool
+    ):
+        raise TypeError("timesteps must be an integer tensor of indices")
+    if timesteps.shape != (batch,):
+        raise ValueError(f"timesteps must have shape ({batch},), got {tuple(timesteps.shape)}")
+    if bool(((timesteps < 0) | (timesteps >= n)).any()):
+        raise ValueError(f"timesteps must be indices in [0, {n}), got values outside")
+    return timesteps.to(device)
+
+
+def _num_levels(name: str, value: int | None, default: int) -> int:
+    n = default if value is None else value
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
+    return n
+
+
+# ---- discrete losses ---------------------------------------------------------------------------------
+def smld_loss(
+    score_fn: ScoreFn,
+    sde: VESDE,
+    x0: torch.Tensor,
+    *,
+    num_scales: int | None = None,
+    reduce_mean: bool = False,
+    timesteps: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_per_sample: bool = False,
+) -> LossReturn:
+    r"""NCSN / SMLD loss: DSM over ``N`` geometric noise levels, weighted by ``sigma_i^2``.
+
+    A level ``i ~ U{0, ..., N-1}`` is drawn per sample, ``x = x_0 + sigma_i z`` with ``sigma_i`` the
+    ``i``-th of ``sde.discrete_sigmas(N)`` (increasing), and the loss is
+    ``sigma_i^2 reduce(|| score - (-z / sigma_i) ||^2) = reduce(|| sigma_i score + z ||^2)``. The score
+    function is evaluated at ``t_i = i / (N - 1)``, where the continuous ``sigma(t_i) = sigma_i`` exactly,
+    so the loss is the continuous DSM restricted to the grid (and tends to it, with ``eps -> 0``, as N grows).
+
+    Args:
+        score_fn (`Callable`): ``score_fn(x, t)`` (e.g. ``make_score_fn`` around a sigma-conditioned network).
+        sde (`VESDE`): supplies the noise levels.
+        x0 (`torch.Tensor`): clean data ``(batch, ...)``.
+        num_scales (`int`, *optional*): number of levels ``N`` (defaults to ``sde.N``).
+        reduce_mean (`bool`, defaults to `False`): mean over data dimensions (else half the sum, as NCSN).
+        timesteps (`torch.Tensor`, *optional*): integer level indices ``(batch,)`` instead of sampling them.
+        noise (`torch.Tensor`, *optional*): ``z`` with the shape of ``x0``.
+        generator (`torch.Generator`, *optional*): for sampled indices and noise.
+        return_per_sample (`bool`, defaults to `False`): also return the per-sample losses.
+
+    Returns:
+        `torch.Tensor`: the batch-mean loss, or ``(loss, per_sample)``.
+    """
+    if not isinstance(sde, VESDE):
+        raise TypeError(f"smld_loss needs a VESDE, got {type(sde).__name__}; use ddpm_loss for VP")
+    x0 = _check_batch("x0", x0)
+    n = _num_levels("num_scales", num_scales, sde.N)
+    idx = _check_indices(timesteps, x0.shape[0], n, x0.device, generator)
+    noise = _check_noise(noise, x0, generator)
+    t = idx.to(x0.dtype) / (n - 1)
+    per_sample = _dsm_per_sample(score_fn, sde, x0, t, noise, reduce_mean, likelihood_weighting=False)
+    return _finish(per_sample, return_per_sample)
+
+
+def ddpm_loss(
+    model_fn: Callable[..., torch.Tensor],
+    sde: VPSDE,
+    x0: torch.Tensor,
+    *,
+    num_steps: int | None = None,
+    reduce_mean: bool = True,
+    timesteps: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    return_per_sample: bool = False,
+    **model_kwargs,
+) -> LossReturn:
+    r"""DDPM loss: ``reduce(|| eps_theta(x_i, i) - z ||^2)`` on the discrete chain of ``sde``.
+
+    ``i ~ U{0, ..., N-1}``, ``x_i = sqrt(alpha_bar_i) x_0 + sqrt(1 - alpha_bar_i) z`` with
+    ``alpha_bar_i = prod_{j <= i} (1 - beta_j)`` and ``beta_j = sde.discrete_betas(N)[j]``.
+    ``model_fn(x_i, i, **model_kwargs)`` receives the integer indices (the ``UNet2DModel`` /
+    ``DDPMPipeline`` convention) and returns ``epsilon`` (a tensor or an object with ``.sample``).
+
+    Args:
+        model_fn (`Callable`): the ``epsilon`` network, e.g. a ``DDPMppModel`` or ``UNet2DModel``.
+        sde (`VPSDE`): supplies the betas.
+        x0 (`torch.Tensor`): clean data ``(batch, ...)``.
+        num_steps (`int`, *optional*): chain length ``N`` (defaults to ``sde.N``).
+        reduce_mean (`bool`, defaults to `True`): mean over data dimensions (else half the sum).
+        timesteps (`torch.Tensor`, *optional*): integer indices ``(batch,)`` instead of sampling them.
+        noise (`torch.Tensor`, *optional*): ``z`` with the shape of ``x0``.
+        generator (`torch.Generator`, *optional*): for sampled indices and noise.
+        return_per_sample (`bool`, defaults to `False`): also return the per-sample losses.
+        **model_kwargs: passed to ``model_fn`` (e.g. ``class_labels``).
+
+    Returns:
+        `torch.Tensor`: the batch-mean loss, or ``(loss, per_sample)``.
+    """
+    if not isinstance(sde, VPSDE):
+        raise TypeError(f"ddpm_loss needs a VPSDE (the DDPM chain), got {type(sde).__name__}")
+    x0 = _check_batch("x0", x0)
+    n = _num_levels("num_steps", num_steps, sde.N)
+    idx = _check_indices(timesteps, x0.shape[0], n, x0.device, generator)
+    noise = _check_noise(noise, x0, generator)
+    # Marginal of the SDE's own discrete chain x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z.
+    alphas_cumprod = torch.cumprod(1.0 - sde.discrete_betas(n, dtype=torch.float64, device=x0.device), dim=0)
+    abar = alphas_cumprod[idx].to(x0.dtype)
+    x_t = broadcast_to(abar.sqrt(), x0) * x0 + broadcast_to((1.0 - abar).sqrt(), x0) * noise
+    eps_pred = _check_output("model_fn", model_fn(x_t, idx, **model_kwargs), x_t)
+    return _finish(_reduce((eps_pred - noise) ** 2, reduce_mean), return_per_sample)
+
+
+# ---- score matching with derivatives -----------------------------------------------------------------
+def _input_grad(output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``d output / d x`` keeping the graph (the loss must stay differentiable in the model's parameters)."""
+    if not output.requires_grad:
+        return torch.zeros_like(x)  # the score does not depend on x: zero Jacobian
+    (grad,) = torch.autograd.grad(output, x, create_graph=True, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
+
+
+def _draw_projections(
+    projection_type: str, num_projections: int, x: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    shape = (num_projections, *x.shape)
+    if projection_type == "rademacher":
+        return torch.randint(0, 2, shape, generator=generator, device=x.device).to(x.dtype) * 2 - 1
+    return torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def sliced_score_matching_loss(
+    score_fn: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    t: torch.Tensor | None = None,
+    *,
+    num_projections: int = 1,
+    projection_type: str = "rademacher",
+    variance_reduction: bool = False,
+    projections: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    reduce_mean: bool = False,
+    return_per_sample: bool = False,
+) -> LossReturn:
+    r"""Sliced score matching: ``v^T (d s / d x) v + 1/2 (v^T s)^2``, averaged over projections ``v``.
+
+    With ``E[v v^T] = I`` (Rademacher or standard Gaussian ``v``) its expectation is Hyvärinen's objective
+    ``tr(d s / d x) + 1/2 ||s||^2`` (:func:`exact_score_matching_loss`). ``variance_reduction=True``
+    (SSM-VR) replaces ``1/2 (v^T s)^2`` by its expectation ``1/2 ||s||^2``. One backward pass per projection.
+
+    Args:
+        score_fn (`Callable`): ``score_fn(x)`` when ``t`` is None, else ``score_fn(x, t)``.
+        x (`torch.Tensor`): samples ``(batch, ...)`` of the distribution whose score is matched (for a
+            diffusion, perturbed data ``x_t``).
+        t (`torch.Tensor`, *optional*): times ``(batch,)`` passed to ``score_fn``.
+        num_projections (`int`, defaults to 1): projections per sample.
+        projection_type (`str`, defaults to ``"rademacher"``): ``"rademacher"`` or ``"gaussian"``.
+        variance_reduction (`bool`, defaults to `False`): use the closed-form ``1/2 ||s||^2`` term.
+        projections (`torch.Tensor`, *optional*): explicit ``v`` of shape ``(num_projections, *x.shape)``.
+        generator (`torch.Generator`, *optional*): for drawing ``v``.
+        reduce_mean (`bool`, defaults to `False`): divide the per-sample objective by the data dimension.
+        return_per_sample (`bool`, defaults to `False`): also return the per-sample losses.
+
+    Returns:
+        `torch.Tensor`: the batch-mean loss (differentiable w.r.t. ``score_fn``'s parameters), or
+        ``(loss, per_sample)``.
+    """
+    x = _check_batch("x", x)
+    if not isinstance(projection_type, str) or projection_type.lower() not in PROJECTION_TYPES:
+        raise ValueError(f"projection_type must be one of {PROJECTION_TYPES}, got {projection_type!r}")
+    if isinstance(num_projections, bool) or not isinstance(num_projections, int) or num_projections < 1:
+        raise ValueError(f"num_projections must be a positive integer, got {num_projections!r}")
+    if projections is None:
+        projections = _draw_projections(projection_type.lower(), num_projections, x, generator)
+    elif not isinstance(projections, torch.Tensor) or projections.shape != (num_projections, *x.shape):
+        shape = (
+            tuple(projections.shape) if isinstance(projections, torch.Tensor) else type(projections).__name__
+        )
+        raise ValueError(f"projections must have shape {(num_projections, *x.shape)}, got {shape}")
+    x_req = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        score = _check_output("score_fn", _call_score(score_fn, x_req, t), x_req)
+        flat_score = score.reshape(score.shape[0], -1)
+        per_sample = torch.zeros(x.shape[0], device=x.device, dtype=score.dtype)
+        for v in projections.to(device=x.device, dtype=score.dtype):
+            flat_v = v.reshape(v.shape[0], -1)
+            sv = (flat_score * flat_v).sum(dim=1)
+            grad = _input_grad(sv.sum(), x_req)
+            jvp_term = (grad.reshape(grad.shape[0], -1) * flat_v).sum(dim=1)
+            norm_term = 0.5 * flat_score.pow(2).sum(dim=1) if variance_reduction else 0.5 * sv**2
+            per_sample = per_sample + jvp_term + norm_term
+        per_sample = per_sample / projections.shape[0]
+    if reduce_mean:
+        per_sample = per_sample / flat_score.shape[1]
+    return _finish(per_sample, return_per_sample)
+
+
+def exact_score_matching_loss(
+    score_fn: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    t: torch.Tensor | None = None,
+    *,
+    reduce_mean: bool = False,
+    return_per_sample: bool = False,
+) -> LossReturn:
+    r"""Hyvärinen's (implicit) score matching: ``tr(d s / d x) + 1/2 ||s||^2`` with the exact trace.
+
+    Equals ``1/2 E||s - grad log p||^2 - 1/2 E||grad log p||^2``: the explicit score-matching loss up to
+    a constant that does not depend on ``s``. At the true score it equals ``-1/2 E||grad log p||^2``.
+    The trace takes one backward pass per data dimension, so use it for low-dimensional data.
+
+    Args:
+        score_fn (`Callable`): ``score_fn(x)`` when ``t`` is None, else ``score_fn(x, t)``.
+        x (`torch.Tensor`): samples ``(batch, ...)``.
+        t (`torch.Tensor`, *optional*): times ``(batch,)`` passed to ``score_fn``.
+        reduce_mean (`bool`, defaults to `False`): divide the per-sample objective by the data dimension.
+        return_per_sample (`bool`, defaults to `False`): also return the per-sample losses.
+
+    Returns:
+        `torch.Tensor`: the batch-mean loss (differentiable w.r.t. ``score_fn``'s parameters), or
+        ``(loss, per_sample)``.
+    """
+    x = _check_batch("x", x)
+    x_req = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        score = _check_output("score_fn", _call_score(score_fn, x_req, t), x_req)
+        flat_score = score.reshape(score.shape[0], -1)
+        dims = flat_score.shape[1]
+        trace = torch.zeros(x.shape[0], device=x.device, dtype=score.dtype)
+        for i in range(dims):
+            grad = _input_grad(flat_score[:, i].sum(), x_req)
+            trace = trace + grad.reshape(grad.shape[0], -1)[:, i]
+        per_sample = trace + 0.5 * flat_score.pow(2).sum(dim=1)
+    if reduce_mean:
+        per_sample = per_sample / dims
+    return _finish(per_sample, return_per_sample)
