@@ -258,10 +258,18 @@ class _BetaSDE(SDE):
         return torch.linspace(self.beta_0 / n, self.beta_1 / n, n, **tensor_kwargs)
 
     def discrete_beta(self, t: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
-        """``beta_i`` of the ``n``-step DDPM chain at the index of ``t``."""
-        n = self.N if num_steps is None else num_steps
-        i = self.discrete_index(t, n).to(t.dtype)
-        return (self.beta_0 + i / max(n - 1, 1) * (self.beta_1 - self.beta_0)) / n
+        """``beta_i`` of the discrete DDPM chain at ``t``.
+
+        With ``num_steps=None`` it is the reference chain's ``beta(i / (N - 1)) / N`` at index
+        ``floor(t (N - 1))``. On an explicit grid of ``n`` steps it is the exact
+        ``1 - exp(-int_{t - T/n}^{t} beta)``: the reference value is its first-order expansion, which exceeds 1
+        (and breaks ``sqrt(1 - beta)``) on coarse grids such as 10 sampling steps.
+        """
+        if num_steps is None:
+            i = self.discrete_index(t).to(t.dtype)
+            return (self.beta_0 + i / max(self.N - 1, 1) * (self.beta_1 - self.beta_0)) / self.N
+        s = (t - self.T / num_steps).clamp_min(0.0)
+        return -torch.expm1(2.0 * (self.log_mean_coeff(t) - self.log_mean_coeff(s)))
 
     def langevin_alpha(self, t, num_steps=None):
         return 1.0 - self.discrete_beta(t, num_steps)
