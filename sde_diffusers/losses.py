@@ -461,3 +461,110 @@ def exact_score_matching_loss(
     if reduce_mean:
         per_sample = per_sample / dims
     return _finish(per_sample, return_per_sample)
+
+
+# ---- Soft Score Matching ----
+# Soft Diffusion (Daras et al. 2022). Self-contained: it uses none of the helpers above.
+__all__ += ["SOFT_WEIGHTINGS", "soft_score_matching_loss"]
+
+SOFT_WEIGHTINGS = ("score", "uniform")
+
+
+def soft_score_matching_loss(
+    model_fn: Callable[..., torch.Tensor],
+    x0: torch.Tensor,
+    corruption: object,
+    *,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    weighting: str | Callable[[torch.Tensor], torch.Tensor] = "score",
+    time_scale: float | None = None,
+    reduce_mean: bool = True,
+    return_per_sample: bool = False,
+    **model_kwargs,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    r"""Soft Score Matching: ``w(t) reduce(|| C_t (h(x_t, t) - x_0) ||^2)`` with ``x_t = C_t x_0 + s_t z``.
+
+    The network ``h`` predicts the clean image ``x_0``; the loss only asks that its prediction, *after
+    corruption*, matches the corrupted target, so errors in frequencies the blur removes cost nothing. Its
+    minimiser satisfies ``C_t h = C_t E[x_0 | x_t]``, which is all the score
+    ``grad log p_t(x_t) = (C_t h - x_t) / s_t^2`` and the samplers of :mod:`sde_diffusers.sampling.soft` use.
+
+    Weightings ``w(t)``:
+
+    * ``"score"`` (default): ``1 / s_t^2``. This is denoising score matching of the score above with
+      ``lambda(t) = s_t^2`` (Song et al.'s choice), i.e. the MSE of the implied noise estimate
+      ``(x_t - C_t h) / s_t`` against ``z``; every level contributes on the same scale.
+    * ``"uniform"``: ``1``, the unweighted soft loss; relative to ``"score"`` it shifts weight from the
+      least to the most corrupted levels (by the factor ``s_t^2``).
+    * a callable ``w(t) -> (batch,)``.
+
+    Args:
+        model_fn (`Callable`): ``model_fn(x_t, t * time_scale, **model_kwargs)`` returning ``x_0``'s estimate
+            (a tensor of ``x0``'s shape or an object with ``.sample``, e.g. a ``UNet2DModel``).
+        x0 (`torch.Tensor` of shape `(batch, channels, H, W)`): clean images.
+        corruption (`CorruptionSchedule` or `SoftDiffusionScheduler`): the corruption levels; a scheduler
+            contributes its ``corruption`` and, by default, its model time scale.
+        t (`torch.Tensor` of shape `(batch,)`, *optional*): times in ``[0, 1]``; drawn ``U(0, 1)`` otherwise.
+        noise (`torch.Tensor`, *optional*): ``z``, shape of ``x0``; drawn otherwise.
+        generator (`torch.Generator`, *optional*): for the drawn ``t`` and ``z`` (on ``x0``'s device).
+        weighting (`str` or `Callable`, defaults to `"score"`): ``"score"``, ``"uniform"`` or ``w(t)``.
+        time_scale (`float`, *optional*): the network sees ``t * time_scale``. Defaults to 1 for a
+            ``CorruptionSchedule`` and to ``num_train_timesteps - 1`` for a ``SoftDiffusionScheduler``
+            (the scale of its ``timesteps``).
+        reduce_mean (`bool`, defaults to `True`): mean over data dimensions (else half the sum).
+        return_per_sample (`bool`, defaults to `False`): also return the per-sample losses.
+        **model_kwargs: passed to ``model_fn`` (e.g. ``class_labels``).
+
+    Returns:
+        `torch.Tensor`: the batch-mean loss, or ``(loss, per_sample)`` with ``per_sample`` of shape ``(batch,)``.
+    """
+    from .corruption import CorruptionSchedule
+
+    schedule = getattr(corruption, "corruption", corruption)
+    if not isinstance(schedule, CorruptionSchedule):
+        raise TypeError(
+            f"corruption must be a CorruptionSchedule or a SoftDiffusionScheduler, got {type(corruption).__name__}"
+        )
+    if time_scale is None:
+        time_scale = float(corruption.config.num_train_timesteps - 1) if schedule is not corruption else 1.0
+    elif isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not time_scale > 0:
+        raise ValueError(f"time_scale must be a positive number, got {time_scale!r}")
+    if not (callable(weighting) or weighting in SOFT_WEIGHTINGS):
+        raise ValueError(f"weighting must be one of {SOFT_WEIGHTINGS} or a callable w(t), got {weighting!r}")
+    schedule.check_images(x0, "x0")
+    if x0.shape[0] == 0:
+        raise ValueError("x0 must hold at least one image")
+    if t is None:
+        t = torch.rand(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
+    else:
+        schedule.check_time(t, x0)
+        t = t.to(device=x0.device, dtype=x0.dtype)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    elif not isinstance(noise, torch.Tensor):
+        raise TypeError(f"noise must be a torch.Tensor, got {type(noise).__name__}")
+    elif noise.shape != x0.shape:
+        raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}")
+
+    x_t = schedule.corrupt(x0, t, noise.to(device=x0.device, dtype=x0.dtype))
+    out = model_fn(x_t, t * time_scale, **model_kwargs)
+    out = getattr(out, "sample", out)
+    if not isinstance(out, torch.Tensor) or out.shape != x0.shape:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"model_fn must return a tensor of x0's shape {tuple(x0.shape)}, got {got}")
+    # C_t is linear: C_t h - C_t x0 = C_t (h - x0), one blur instead of two.
+    sq = schedule.blur(out - x0, t).pow(2).reshape(x0.shape[0], -1)
+    per_sample = sq.mean(dim=1) if reduce_mean else 0.5 * sq.sum(dim=1)
+    if weighting == "score":
+        w = schedule.noise_std(t).pow(-2)
+    elif weighting == "uniform":
+        w = torch.ones_like(per_sample)
+    else:
+        w = weighting(t)
+        if not isinstance(w, torch.Tensor) or w.shape != per_sample.shape:
+            raise ValueError(f"weighting(t) must return a tensor of shape ({x0.shape[0]},)")
+    per_sample = per_sample * w.to(per_sample.dtype)
+    loss = per_sample.mean()
+    return (loss, per_sample) if return_per_sample else loss
