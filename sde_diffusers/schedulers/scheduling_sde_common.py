@@ -168,6 +168,8 @@ class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
         self._kinds = kinds
         self._times = torch.tensor(times, dtype=torch.float64)
         self.timesteps = self.model_timesteps(self._times).to(device=device, dtype=torch.float32)
+        self._timesteps_host = self.timesteps.cpu()
+        self._times_cache: dict = {}
         self._step_index: int | None = None
 
     def step(
@@ -196,7 +198,7 @@ class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
             raise ValueError("call set_timesteps(num_inference_steps) before step()")
         self._check_step_inputs(model_output, sample)
         index = self._resolve_index(timestep)
-        t = self._times[index].to(device=sample.device, dtype=sample.dtype).expand(sample.shape[0])
+        t = self._time_at(index, sample).expand(sample.shape[0])
         score = model_output_to_score(self.sde, model_output, sample, t, self.config.prediction_type)
         prev_sample, prev_mean = self._apply(self._kinds[index], score, sample, t, generator)
         self._step_index = index + 1
@@ -267,19 +269,37 @@ class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
                 f"model_output has shape {tuple(model_output.shape)} but sample has {tuple(sample.shape)}"
             )
 
+    def _time_at(self, index: int, like: torch.Tensor) -> torch.Tensor:
+        """Continuous time of entry ``index``, cached on the sample's device (no host copy per step)."""
+        key = (like.device, like.dtype)
+        if key not in self._times_cache:
+            self._times_cache[key] = self._times.to(device=like.device, dtype=like.dtype)
+        return self._times_cache[key][index]
+
     def _resolve_index(self, timestep: torch.Tensor | float | int) -> int:
-        """Position in the sub-step schedule: the running counter, checked against ``timestep``."""
-        value = float(torch.as_tensor(timestep).reshape(-1)[0])
+        """Position in the sub-step schedule: the running counter, checked against ``timestep``.
+
+        A timestep on an accelerator is not read back (that would synchronise every step); the counter is
+        trusted once the first call has located the start.
+        """
         index = self._step_index
+        on_device = isinstance(timestep, torch.Tensor) and timestep.device.type != "cpu"
+        if index is not None and on_device:
+            if index >= len(self._kinds):
+                raise ValueError("the sampling loop is finished; call set_timesteps() again to start a new one")
+            return index
+        value = float(torch.as_tensor(timestep).reshape(-1)[0])
+        host = self._timesteps_host
         if index is None:
             # First call: start at the first grid entry equal to ``timestep`` (lets a loop begin mid-way).
-            matches = torch.nonzero(torch.isclose(self.timesteps.cpu().double(), torch.tensor(value, dtype=torch.float64), rtol=1e-5, atol=1e-6))
+            close = torch.isclose(host.double(), torch.tensor(value, dtype=torch.float64), rtol=1e-5, atol=1e-6)
+            matches = torch.nonzero(close)
             if len(matches) == 0:
                 raise ValueError(f"timestep {value} is not in scheduler.timesteps")
             index = int(matches[0])
         if index >= len(self._kinds):
             raise ValueError("the sampling loop is finished; call set_timesteps() again to start a new one")
-        expected = float(self.timesteps[index])
+        expected = float(host[index])
         if abs(expected - value) > 1e-5 * max(1.0, abs(expected)):
             raise ValueError(f"step() expected timestep {expected} (entry {index} of timesteps), got {value}")
         return index
