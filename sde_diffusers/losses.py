@@ -191,7 +191,7 @@ def denoising_score_matching_loss(
         reduce_mean (`bool`, defaults to `True`): mean over data dimensions (else half the sum). score_sde's
             CIFAR-10 VE configs use ``False``, its VP / sub-VP configs ``True``.
         likelihood_weighting (`bool`, defaults to `False`): use ``g(t)^2`` instead of ``s(t)^2``.
-        t (`torch.Tensor`, *optional*): times ``(batch,)`` in ``(0, T]`` instead of sampling them.
+        t (`torch.Tensor`, *optional*): times ``(batch,)`` in ``[0, T]`` (``std(t) > 0``) instead of sampling them.
         noise (`torch.Tensor`, *optional*): ``z`` with the shape of ``x0`` instead of sampling it.
         generator (`torch.Generator`, *optional*): for the sampled ``t`` and ``z`` (on ``x0``'s device).
         return_per_sample (`bool`, defaults to `False`): also return the per-sample losses.
@@ -206,9 +206,11 @@ def denoising_score_matching_loss(
         t = sample_time(sde, x0.shape[0], eps, generator=generator, device=x0.device, dtype=x0.dtype)
     else:
         sde.check_time(t, x0)
-        if not t.is_floating_point() or bool(((t <= 0) | (t > sde.T)).any()):
-            raise ValueError(f"t must be floating-point times in (0, T] = (0, {sde.T}]")
+        if not t.is_floating_point() or bool(((t < 0) | (t > sde.T)).any()):
+            raise ValueError(f"t must be floating-point times in [0, T] = [0, {sde.T}]")
         t = t.to(device=x0.device, dtype=x0.dtype)
+        if bool((sde.marginal_coeffs(t)[1] <= 0).any()):
+            raise ValueError("t must give a positive perturbation std (VP / sub-VP need t > 0)")
     noise = _check_noise(noise, x0, generator)
     per_sample = _dsm_per_sample(score_fn, sde, x0, t, noise, reduce_mean, likelihood_weighting)
     return _finish(per_sample, return_per_sample)

@@ -59,7 +59,9 @@ def test_fir_1331_is_quarter_offset_linear_interpolation():
     torch.testing.assert_close(up[2 * i + 1], 0.75 * row[i] + 0.25 * row[i + 1])
     down = fir_downsample_2d(x, k)[0, 0, 3]
     j = torch.arange(1, 5)
-    torch.testing.assert_close(down[j], (row[2 * j - 1] + 3 * row[2 * j] + 3 * row[2 * j + 1] + row[2 * j + 2]) / 8)
+    torch.testing.assert_close(
+        down[j], (row[2 * j - 1] + 3 * row[2 * j] + 3 * row[2 * j + 1] + row[2 * j + 2]) / 8
+    )
 
 
 def test_fused_fir_convolutions_match_filter_then_convolve_in_the_interior():
@@ -259,14 +261,19 @@ def test_save_load_round_trip(tmp_path, preset, cls, kwargs):
 def test_presets_build_the_documented_class():
     for name in list_presets():
         preset = get_preset(name)
-        cls = {"NCSNppModel": NCSNppModel, "DDPMppModel": DDPMppModel,
-               "NoiseConditionalClassifier": NoiseConditionalClassifier}[preset.model_class]
+        cls = {
+            "NCSNppModel": NCSNppModel,
+            "DDPMppModel": DDPMppModel,
+            "NoiseConditionalClassifier": NoiseConditionalClassifier,
+        }[preset.model_class]
         if "tiny" in name:
             model = from_preset(name)
             assert type(model) is cls
             assert sum(p.numel() for p in model.parameters()) == preset_num_parameters(name)
             if cls is not NoiseConditionalClassifier:
-                assert model.prediction_type == preset.prediction_type and model.time_input == preset.time_input
+                assert (
+                    model.prediction_type == preset.prediction_type and model.time_input == preset.time_input
+                )
         assert set(preset.sde_types) <= {"ve", "vp", "subvp"}
     assert get_preset("ncsnpp-cifar10").prediction_type == "score"
     assert get_preset("ddpmpp-cifar10").prediction_type == "epsilon"
@@ -296,7 +303,10 @@ def test_paper_size_ncsnpp_forward():
 @pytest.mark.parametrize(
     "overrides,match",
     [
-        (dict(sample_size=20, channel_mult=(1, 2, 2, 2)), "divisible by 2\\*\\*\\(len\\(channel_mult\\) - 1\\) = 8"),
+        (
+            dict(sample_size=20, channel_mult=(1, 2, 2, 2)),
+            "divisible by 2\\*\\*\\(len\\(channel_mult\\) - 1\\) = 8",
+        ),
         (dict(sample_size=0), "sample_size must be a positive integer"),
         (dict(base_channels=20, norm_num_groups=3), "not divisible by 3 groups"),
         (dict(attention_resolutions=(16, 5)), "attention_resolutions \\[5\\]"),
@@ -317,7 +327,9 @@ def test_bad_config_raises_clear_errors(overrides, match):
 
 
 def test_preset_errors():
-    with pytest.raises(ValueError, match="unknown model preset 'ncsnpp-cifar100'; known presets: .*ncsnpp-cifar10"):
+    with pytest.raises(
+        ValueError, match="unknown model preset 'ncsnpp-cifar100'; known presets: .*ncsnpp-cifar10"
+    ):
         from_preset("ncsnpp-cifar100")
     with pytest.raises(ValueError, match="builds a DDPMppModel, not a NCSNppModel"):
         NCSNppModel.from_preset("ddpmpp-tiny")
@@ -343,7 +355,11 @@ def test_bad_forward_inputs_raise_clear_errors():
 @pytest.mark.parametrize("embedding", ["fourier", "positional"])
 def test_classifier_shapes(channels, size, embedding):
     clf = NoiseConditionalClassifier.from_preset(
-        "classifier-tiny", in_channels=channels, sample_size=size, time_embedding_type=embedding, num_classes=7
+        "classifier-tiny",
+        in_channels=channels,
+        sample_size=size,
+        time_embedding_type=embedding,
+        num_classes=7,
     ).eval()
     t = torch.tensor([0.1, 5.0]) if embedding == "fourier" else torch.tensor([3.0, 800.0])
     with torch.no_grad():
