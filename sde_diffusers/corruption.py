@@ -652,12 +652,12 @@ def fit_wasserstein_schedule(
 
     u = torch.linspace(0.0, 1.0, num_candidates, dtype=torch.float64)
     blur, noise = path.levels(u)
-    steps = torch.cat(
-        [
-            _w2_terms(stats, blur[i : i + 256], noise[i : i + 256], blur[i + 1 : i + 257], noise[i + 1 : i + 257])
-            for i in range(0, num_candidates - 1, 256)
-        ]
-    )
+    # Distances between neighbours (i, i + 1), in chunks to bound memory (levels x channels x H x W).
+    chunks = []
+    for i in range(0, num_candidates - 1, 256):
+        j = min(i + 256, num_candidates - 1)
+        chunks.append(_w2_terms(stats, blur[i:j], noise[i:j], blur[i + 1 : j + 1], noise[i + 1 : j + 1]))
+    steps = torch.cat(chunks)
     arc = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(steps, 0)])
     if not float(arc[-1]) > 0:
         raise ValueError("the path does not change the data distribution (zero W2 length); nothing to space")
