@@ -13,7 +13,7 @@ needs a "shim" layout to load with nothing but Diffusers (verified on diffusers 
     <component>/...                   weights and config as Diffusers writes them
 
 `DiffusionPipeline.from_pretrained(path_or_repo, trust_remote_code=True)` runs the one-line shims, which import
-the real classes from the installed `sde_diffusers`. [`SdeDiffusionPipeline.from_pretrained`] reads the same
+the real classes from the installed `sde_diffusers`. [`SDEDiffusionPipeline.from_pretrained`] reads the same
 folder or Hub repo without `trust_remote_code`: it never executes the shims, it parses them and maps each entry
 back to the class of ours that it names.
 
@@ -38,7 +38,7 @@ from diffusers.utils import logging
 logger = logging.get_logger(__name__)
 
 __all__ = [
-    "SdeDiffusionPipeline",
+    "SDEDiffusionPipeline",
     "COMPONENT_LIBRARY",
     "PIPELINE_MODULE_PREFIX",
     "COMPONENT_MODULE_PREFIX",
@@ -47,7 +47,7 @@ __all__ = [
     "shim_source",
 ]
 
-# `SdeDiffusionPipeline.load_config` writes this module as the "library" of our components: Diffusers resolves a
+# `SDEDiffusionPipeline.load_config` writes this module as the "library" of our components: Diffusers resolves a
 # component's class *and* its loading base class (ModelMixin, SchedulerMixin, ...) by name in the library module,
 # and the modules our classes are defined in do not all bind those base names. This module binds them (imports
 # above) and resolves every class exported from `sde_diffusers` through `__getattr__` below.
@@ -170,7 +170,7 @@ def _saved_pipeline_class(folder: str, config: dict) -> type | None:
         return _parse_shim(os.path.join(folder, f"{entry[0]}.py"), entry[1])
     if isinstance(entry, str):  # a folder written by a plain `DiffusionPipeline.save_pretrained`
         cls = getattr(_package(), entry, None)
-        return cls if isinstance(cls, type) and issubclass(cls, SdeDiffusionPipeline) else None
+        return cls if isinstance(cls, type) and issubclass(cls, SDEDiffusionPipeline) else None
     return None
 
 
@@ -195,7 +195,7 @@ def _resolve_shims(config: dict, folder: str) -> dict:
     return config
 
 
-class SdeDiffusionPipeline(DiffusionPipeline):
+class SDEDiffusionPipeline(DiffusionPipeline):
     r"""
     Base class of the sde-diffusers pipelines: [`~diffusers.DiffusionPipeline`] plus a Hub layout that loads
     both with plain Diffusers (`trust_remote_code=True`) and with our classes (no remote code).
@@ -204,14 +204,14 @@ class SdeDiffusionPipeline(DiffusionPipeline):
     export the subclass, and every component class of ours it holds, from `sde_diffusers/__init__.py`:
 
     ```python
-    class ScoreSdePipeline(SdeDiffusionPipeline):
+    class ScoreSdePipeline(SDEDiffusionPipeline):
         def __init__(self, unet, scheduler):
             super().__init__()
             self.register_modules(unet=unet, scheduler=scheduler)
     ```
 
     [`save_pretrained`] writes the shim layout described in this module's docstring (and can push it to the Hub);
-    [`from_pretrained`] reads it from a folder or a Hub repo id. Called on `SdeDiffusionPipeline` itself,
+    [`from_pretrained`] reads it from a folder or a Hub repo id. Called on `SDEDiffusionPipeline` itself,
     `from_pretrained` returns an instance of the pipeline class the checkpoint was saved from.
     """
 
@@ -244,7 +244,7 @@ class SdeDiffusionPipeline(DiffusionPipeline):
                 With `push_to_hub`: `repo_id` (defaults to the folder's name), `token`, `private`,
                 `commit_message`, `create_pr`. Anything else goes to `DiffusionPipeline.save_pretrained`.
         """
-        from sde_diffusers.hub_utils import push_pipeline_to_hub, resolve_hub_token
+        from sde_diffusers.hub_utils import check_push_arguments, push_pipeline_to_hub
 
         if not isinstance(save_directory, (str, os.PathLike)):
             raise TypeError(f"`save_directory` must be a str or os.PathLike, got {type(save_directory).__name__}.")
@@ -257,8 +257,12 @@ class SdeDiffusionPipeline(DiffusionPipeline):
         _check_exported(type(self), "Pipeline")
         ours = self._components_of_ours()
         if push_to_hub:
-            push_kwargs["token"] = resolve_hub_token(push_kwargs.get("token"))
-            push_kwargs.setdefault("repo_id", os.path.basename(os.path.abspath(save_directory)))
+            if push_kwargs.get("repo_id") is None:
+                push_kwargs["repo_id"] = os.path.basename(os.path.abspath(save_directory))
+            push_kwargs["token"] = check_push_arguments(
+                push_kwargs["repo_id"], token=push_kwargs.get("token"), private=push_kwargs.get("private", False),
+                commit_message=push_kwargs.get("commit_message", "Upload sde-diffusers pipeline"),
+            )
 
         super().save_pretrained(save_directory, safe_serialization=safe_serialization, variant=variant,
                                 max_shard_size=max_shard_size, push_to_hub=False, **kwargs)
@@ -360,7 +364,7 @@ class SdeDiffusionPipeline(DiffusionPipeline):
         Load a pipeline saved by [`save_pretrained`] from a folder or a Hub repo id, without `trust_remote_code`.
 
         The shim files are parsed, not run. A Hub repo is fetched whole with `snapshot_download` first. If the
-        checkpoint was saved from a subclass of `cls` (e.g. `cls` is `SdeDiffusionPipeline`), that subclass is
+        checkpoint was saved from a subclass of `cls` (e.g. `cls` is `SDEDiffusionPipeline`), that subclass is
         instantiated.
 
         Args:
@@ -383,7 +387,10 @@ class SdeDiffusionPipeline(DiffusionPipeline):
         hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
         folder = name_or_path if os.path.isdir(name_or_path) else cls.download(name_or_path, **hub_kwargs)
 
-        with open(os.path.join(folder, cls.config_name), encoding="utf-8") as fh:
+        index_path = os.path.join(folder, cls.config_name)
+        if not os.path.isfile(index_path):
+            raise OSError(f"{name_or_path} is not a saved pipeline: it has no {cls.config_name}.")
+        with open(index_path, encoding="utf-8") as fh:
             saved_class = _saved_pipeline_class(folder, json.load(fh))
         if saved_class is not None and saved_class is not cls:
             if issubclass(saved_class, cls):
@@ -391,7 +398,7 @@ class SdeDiffusionPipeline(DiffusionPipeline):
                 pipeline.register_to_config(_name_or_path=name_or_path)
                 return pipeline
             logger.warning(f"{name_or_path} was saved from {saved_class.__name__}; loading it as {cls.__name__}.")
-        if cls is SdeDiffusionPipeline:
+        if cls is SDEDiffusionPipeline:
             raise ValueError(
                 f"{name_or_path} does not name a pipeline class of sde-diffusers; load it with its own pipeline "
                 "class or with `DiffusionPipeline.from_pretrained`."
@@ -412,7 +419,8 @@ def _snapshot(repo_id: str, **kwargs) -> str:
             f"`pretrained_model_name_or_path` {repo_id!r} is neither an existing folder nor a valid Hub repo id "
             "('name' or 'namespace/name')."
         ) from err
-    kwargs.pop("proxies", None)  # not an argument of `snapshot_download` in huggingface_hub >= 1.0
+    if kwargs.pop("proxies", None) is not None:  # `snapshot_download` has no such argument since hub 1.0
+        logger.warning("`proxies` is ignored; configure proxies with the HTTP(S)_PROXY environment variables.")
     return snapshot_download(repo_id, repo_type="model", **kwargs)
 
 

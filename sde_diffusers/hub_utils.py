@@ -1,6 +1,6 @@
 """Publishing to the Hugging Face Hub: pushing saved pipelines and writing their model cards.
 
-* [`push_pipeline_to_hub`] uploads a folder written by `SdeDiffusionPipeline.save_pretrained` (create the repo if
+* [`push_pipeline_to_hub`] uploads a folder written by `SDEDiffusionPipeline.save_pretrained` (create the repo if
   needed, then one commit), after checking that a token is available.
 * [`render_model_card`] fills a template of `model_cards/` (Markdown with YAML front matter and `${field}`
   placeholders); [`save_model_card`] writes the result as the folder's `README.md`.
@@ -22,6 +22,7 @@ from typing import Any
 __all__ = [
     "MissingHubTokenError",
     "resolve_hub_token",
+    "check_push_arguments",
     "push_pipeline_to_hub",
     "list_model_card_templates",
     "render_model_card",
@@ -64,11 +65,40 @@ def resolve_hub_token(token: str | None = None) -> str:
     return resolved
 
 
+def check_push_arguments(
+    repo_id: str, token: str | None = None, private: bool | None = False, commit_message: str = "Upload"
+) -> str:
+    """Validate the arguments of a push and return the token to use, before anything is written or sent.
+
+    Args:
+        repo_id (`str`): `"name"` or `"namespace/name"`.
+        token (`str`, *optional*): see [`resolve_hub_token`].
+        private (`bool`, *optional*): visibility of a new repo (`None`: the Hub's default, public).
+        commit_message (`str`): non-empty commit message.
+
+    Returns:
+        `str`: the resolved token.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if not isinstance(repo_id, str):
+        raise TypeError(f"`repo_id` must be a string, got {type(repo_id).__name__}.")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as err:
+        raise ValueError(f"`repo_id` {repo_id!r} is not a valid Hub repo id ('name' or 'namespace/name').") from err
+    if private is not None and not isinstance(private, bool):
+        raise TypeError(f"`private` must be a bool or None, got {type(private).__name__}.")
+    if not isinstance(commit_message, str) or not commit_message.strip():
+        raise ValueError("`commit_message` must be a non-empty string.")
+    return resolve_hub_token(token)
+
+
 def push_pipeline_to_hub(
     folder: str | os.PathLike,
     repo_id: str,
     token: str | None = None,
-    private: bool = False,
+    private: bool | None = False,
     commit_message: str = "Upload sde-diffusers pipeline",
     create_pr: bool = False,
 ):
@@ -93,22 +123,13 @@ def push_pipeline_to_hub(
         `ValueError`: `folder` is not a saved pipeline or `repo_id` is malformed.
     """
     from huggingface_hub import create_repo, upload_folder
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     if not isinstance(folder, (str, os.PathLike)):
         raise TypeError(f"`folder` must be a str or os.PathLike, got {type(folder).__name__}.")
     folder = os.fspath(folder)
     if not os.path.isfile(os.path.join(folder, _PIPELINE_INDEX)):
         raise ValueError(f"`folder` {folder!r} is not a saved pipeline: it has no {_PIPELINE_INDEX}.")
-    if not isinstance(repo_id, str):
-        raise TypeError(f"`repo_id` must be a string, got {type(repo_id).__name__}.")
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise ValueError(f"`repo_id` {repo_id!r} is not a valid Hub repo id ('name' or 'namespace/name').") from err
-    if not isinstance(commit_message, str) or not commit_message.strip():
-        raise ValueError("`commit_message` must be a non-empty string.")
-    token = resolve_hub_token(token)
+    token = check_push_arguments(repo_id, token=token, private=private, commit_message=commit_message)
 
     repo_url = create_repo(repo_id, token=token, private=private, exist_ok=True, repo_type="model")
     return upload_folder(
@@ -129,9 +150,11 @@ def _template_dirs() -> list[Any]:
         dirs.append(importlib.resources.files("sde_diffusers.model_cards"))
     except ModuleNotFoundError:
         pass
-    checkout = Path(__file__).resolve().parent.parent / "model_cards"
-    if checkout.is_dir():
-        dirs.append(checkout)
+    # A source checkout (editable install before `sde_diffusers.model_cards` was mapped): `model_cards/` sits
+    # next to `pyproject.toml`. The check keeps an installed copy from picking up an unrelated folder.
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "model_cards").is_dir():
+        dirs.append(root / "model_cards")
     return dirs
 
 

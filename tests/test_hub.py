@@ -1,4 +1,4 @@
-"""Hub layout, loading and publishing: `SdeDiffusionPipeline`, `sde_diffusers.hub_utils` and the local test Hub.
+"""Hub layout, loading and publishing: `SDEDiffusionPipeline`, `sde_diffusers.hub_utils` and the local test Hub.
 
 The pipeline under test is a tiny stand-in defined here (a diffusers `UNet2DModel`, a diffusers scheduler and
 one component class of "ours"), exported on `sde_diffusers` for the module's duration because the shim files
@@ -16,7 +16,7 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.pipelines import pipeline_loading_utils
 from huggingface_hub import ModelCard, create_repo, get_token, hf_hub_download, list_repo_files, model_info
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-from sde_diffusers.pipelines.pipeline_utils import COMPONENT_LIBRARY, SdeDiffusionPipeline
+from sde_diffusers.pipelines.pipeline_utils import COMPONENT_LIBRARY, SDEDiffusionPipeline
 
 import sde_diffusers
 from sde_diffusers.hub_utils import (
@@ -40,7 +40,7 @@ class HubTestOffset(ModelMixin, ConfigMixin):
         return x + self.offset.view(1, -1, 1, 1)
 
 
-class HubTestPipeline(SdeDiffusionPipeline):
+class HubTestPipeline(SDEDiffusionPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: DDPMScheduler, offset: HubTestOffset):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, offset=offset)
@@ -175,7 +175,28 @@ def test_our_classes_load_without_running_checkpoint_code(saved, pipeline, no_dy
         DiffusionPipeline.from_pretrained(saved, trust_remote_code=True)
     assert_same_pipeline(HubTestPipeline.from_pretrained(saved), pipeline)
     # The base class instantiates the class the checkpoint was saved from.
-    assert_same_pipeline(SdeDiffusionPipeline.from_pretrained(saved), pipeline)
+    assert_same_pipeline(SDEDiffusionPipeline.from_pretrained(saved), pipeline)
+
+
+def test_our_loading_keeps_diffusers_options(saved, pipeline):
+    replacement = HubTestOffset(channels=1)
+    loaded = HubTestPipeline.from_pretrained(saved, offset=replacement, dtype=torch.float64)
+    assert loaded.offset is replacement
+    assert loaded.unet.dtype == torch.float64
+
+
+def test_component_class_from_an_sde_diffusers_submodule(pipeline, tmp_path, no_dynamic_modules):
+    # VESDEScheduler's own module does not bind `SchedulerMixin`, the name Diffusers' loader looks up there.
+    scheduler = sde_diffusers.VESDEScheduler(num_train_timesteps=12)
+    ve = HubTestPipeline(unet=pipeline.unet, scheduler=scheduler, offset=pipeline.offset)
+    ve.save_pretrained(tmp_path / "ve")
+    module = json.loads((tmp_path / "ve" / "model_index.json").read_text())["scheduler"][0]
+    assert (tmp_path / "ve" / "scheduler" / f"{module}.py").read_text() == (
+        "from sde_diffusers import VESDEScheduler\n"
+    )
+    loaded = HubTestPipeline.from_pretrained(tmp_path / "ve")
+    assert type(loaded.scheduler) is sde_diffusers.VESDEScheduler
+    assert loaded.scheduler.config.num_train_timesteps == 12
 
 
 def test_load_config_maps_shims_to_our_classes(saved):
@@ -226,12 +247,14 @@ def test_save_refuses_classes_of_ours_not_exported_from_sde_diffusers(pipeline, 
 def test_base_class_refuses_a_pipeline_that_is_not_ours(pipeline, tmp_path):
     DDPMPipeline(unet=pipeline.unet, scheduler=pipeline.scheduler).save_pretrained(tmp_path / "ddpm")
     with pytest.raises(ValueError, match="does not name a pipeline class of sde-diffusers"):
-        SdeDiffusionPipeline.from_pretrained(tmp_path / "ddpm")
+        SDEDiffusionPipeline.from_pretrained(tmp_path / "ddpm")
 
 
 # --- Hub -------------------------------------------------------------------------------------------------
 
 
+# huggingface_hub's own LFS upload passes `data=` to httpx, which warns; nothing of ours to fix.
+@pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
 def test_push_then_load_from_the_hub_both_ways(saved, pipeline, local_hub, local_hub_server, tmp_path,
                                                monkeypatch):
     folder = tmp_path / "upload"
@@ -258,7 +281,7 @@ def test_push_then_load_from_the_hub_both_ways(saved, pipeline, local_hub, local
     ours = HubTestPipeline.from_pretrained(repo_id, cache_dir=tmp_path / "cache-b")
     assert_same_pipeline(ours, pipeline)
     assert ours.name_or_path == repo_id
-    assert_same_pipeline(SdeDiffusionPipeline.from_pretrained(repo_id, cache_dir=tmp_path / "cache-b"), pipeline)
+    assert_same_pipeline(SDEDiffusionPipeline.from_pretrained(repo_id, cache_dir=tmp_path / "cache-b"), pipeline)
     assert HubTestPipeline.load_config(repo_id, cache_dir=tmp_path / "cache-c")["_class_name"] == "HubTestPipeline"
 
 
@@ -303,6 +326,8 @@ def test_push_validates_its_arguments(saved, pipeline, tmp_path, local_hub):
         push_pipeline_to_hub(saved, "sde-tests/typed", token=123)
     with pytest.raises(TypeError, match="push_to_hub=True"):
         pipeline.save_pretrained(tmp_path / "x", repo_id="sde-tests/x")
+    with pytest.raises(ValueError, match="not a valid Hub repo id"):
+        pipeline.save_pretrained(tmp_path / "x", push_to_hub=True, repo_id="a/b/c", token=local_hub.token)
     assert not (tmp_path / "x").exists()
 
 
