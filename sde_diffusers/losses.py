@@ -333,8 +333,9 @@ def ddpm_loss(
     idx = _check_indices(timesteps, x0.shape[0], n, x0.device, generator)
     noise = _check_noise(noise, x0, generator)
     # Marginal of the SDE's own discrete chain x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z.
-    alphas_cumprod = torch.cumprod(1.0 - sde.discrete_betas(n, dtype=torch.float64, device=x0.device), dim=0)
-    abar = alphas_cumprod[idx].to(x0.dtype)
+    # (float64 on the CPU for the long product, then the data's device and dtype: MPS has no float64.)
+    alphas_cumprod = torch.cumprod(1.0 - sde.discrete_betas(n, dtype=torch.float64), dim=0)
+    abar = alphas_cumprod.to(device=x0.device, dtype=x0.dtype)[idx]
     x_t = broadcast_to(abar.sqrt(), x0) * x0 + broadcast_to((1.0 - abar).sqrt(), x0) * noise
     eps_pred = _check_output("model_fn", model_fn(x_t, idx, **model_kwargs), x_t)
     return _finish(_reduce((eps_pred - noise) ** 2, reduce_mean), return_per_sample)

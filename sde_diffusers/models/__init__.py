@@ -2,7 +2,15 @@
 
 from .classifier import NoiseConditionalClassifier, NoiseConditionalClassifierOutput
 from .ncsnpp import DDPMppModel, NCSNppModel, UNet2DOutput
-from .presets import PRESETS, ModelPreset, from_preset, get_preset, list_presets, preset_num_parameters
+from .presets import (
+    PRESETS,
+    ModelPreset,
+    from_preset,
+    get_preset,
+    list_presets,
+    model_from_preset,
+    preset_num_parameters,
+)
 
 __all__ = [
     "NCSNppModel",
@@ -13,6 +21,7 @@ __all__ = [
     "ModelPreset",
     "PRESETS",
     "from_preset",
+    "model_from_preset",
     "get_preset",
     "list_presets",
     "preset_num_parameters",
