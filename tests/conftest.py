@@ -25,7 +25,11 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
-from hub_server import HubServer, reserve_socket
+# `--import-mode=importlib` does not put this folder on sys.path; the server module lives next to this file.
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from hub_server import HubServer, reserve_socket  # noqa: E402
 
 LOCAL_HUB_TOKEN = "hf_sde_diffusers_local_test_token"
 
