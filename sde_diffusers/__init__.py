@@ -1,6 +1,14 @@
 """sde-diffusers: score-based generative modeling through SDEs, and Soft Diffusion, for Hugging Face Diffusers."""
 
+from .hub_utils import (
+    MissingHubTokenError,
+    check_push_arguments,
+    push_pipeline_to_hub,
+    render_model_card,
+    save_model_card,
+)
 from .parameterization import make_score_fn, model_output_to_score, score_to_model_output
+from .pipelines.pipeline_utils import SDEDiffusionPipeline
 from .schedulers import SDESchedulerOutput, SubVPSDEScheduler, VESDEScheduler, VPSDEScheduler
 from .sde import SDE, VESDE, VPSDE, ReverseSDE, SubVPSDE, get_sde
 from .toy import ExactScoreModel, GaussianMixture
@@ -23,4 +31,10 @@ __all__ = [
     "SubVPSDEScheduler",
     "GaussianMixture",
     "ExactScoreModel",
+    "MissingHubTokenError",
+    "check_push_arguments",
+    "push_pipeline_to_hub",
+    "render_model_card",
+    "save_model_card",
+    "SDEDiffusionPipeline",
 ]
