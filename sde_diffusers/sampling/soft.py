@@ -18,8 +18,9 @@ distribution is ``(C x0_hat - x) / s^2``, so ``x - C x0_hat`` is the current noi
 
 * Momentum (the paper's sampler): ``x' = C' x0_hat + (s'^2 / s^2) (x - C x0_hat) + sqrt(s^2 - s'^2) eta``.
   It is a reverse-diffusion step of size ``s^2 - s'^2`` on the noise (``x + (s^2 - s'^2) * score``, plus fresh
-  noise of that variance) followed by the blur change ``C' x0_hat - C x0_hat``; the noise already in ``x``
-  is carried over instead of redrawn, which is what keeps the high frequencies consistent. Its per-step
+  noise of that variance) followed by the blur change ``C' x0_hat - C x0_hat``. It keeps the residual
+  ``x - C x0_hat`` (the noise, and whatever part of the sample the estimate does not explain) instead of
+  discarding it, so the sample keeps the variance the posterior mean lacks. Its per-step
   variance error ``(s^2 - s'^2)^2 / s^2`` vanishes as the steps shrink, so it converges to the corrupted
   data distribution. With ``s' = s`` it is Cold Diffusion's improved sampler ``x + (C' - C) x0_hat``.
 * Naive: ``x' = C' x0_hat + s' eta``: re-corrupt the estimate. It throws the noise in ``x`` away, so every
