@@ -189,7 +189,8 @@ def sample_adaptive_sde(
                     finished = True
                     break
         still = t > eps
-        flags.post(~still.any(), ~torch.isfinite(x).all(), (still & (h < min_step)).any())
+        # a NaN score leaves x untouched (the step is rejected) but makes h NaN: flag both
+        flags.post(~still.any(), ~(torch.isfinite(x).all() & torch.isfinite(h).all()), (still & (h < min_step)).any())
         if not flags.lagged:
             ready = flags.read()
             _raise_on(ready, "sample_adaptive_sde")
