@@ -1,5 +1,13 @@
 """sde-diffusers: score-based generative modeling through SDEs, and Soft Diffusion, for Hugging Face Diffusers."""
 
+from .corruption import (
+    CorruptionSchedule,
+    DCTBlur,
+    FrequencyStatistics,
+    GaussianBlur,
+    fit_wasserstein_schedule,
+    gaussian_w2,
+)
 from .hub_utils import (
     MissingHubTokenError,
     check_push_arguments,
@@ -7,9 +15,17 @@ from .hub_utils import (
     render_model_card,
     save_model_card,
 )
+from .losses import soft_score_matching_loss
 from .parameterization import make_score_fn, model_output_to_score, score_to_model_output
 from .pipelines.pipeline_utils import SDEDiffusionPipeline
-from .schedulers import SDESchedulerOutput, SubVPSDEScheduler, VESDEScheduler, VPSDEScheduler
+from .schedulers import (
+    SDESchedulerOutput,
+    SoftDiffusionScheduler,
+    SoftDiffusionSchedulerOutput,
+    SubVPSDEScheduler,
+    VESDEScheduler,
+    VPSDEScheduler,
+)
 from .sde import SDE, VESDE, VPSDE, ReverseSDE, SubVPSDE, get_sde
 from .toy import ExactScoreModel, GaussianMixture
 
@@ -37,4 +53,13 @@ __all__ = [
     "render_model_card",
     "save_model_card",
     "SDEDiffusionPipeline",
+    "CorruptionSchedule",
+    "DCTBlur",
+    "GaussianBlur",
+    "FrequencyStatistics",
+    "fit_wasserstein_schedule",
+    "gaussian_w2",
+    "soft_score_matching_loss",
+    "SoftDiffusionScheduler",
+    "SoftDiffusionSchedulerOutput",
 ]
