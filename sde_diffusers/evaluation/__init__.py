@@ -1,0 +1,54 @@
+"""Sample-quality evaluation: metrics in a feature space, feature extractors, built-in data sets.
+
+Typical use (domain FID on MNIST, no download)::
+
+    from sde_diffusers.evaluation import extract_features, frechet_distance, load_builtin, load_feature_extractor
+
+    extractor = load_feature_extractor("mnist")
+    real, _ = load_builtin("mnist", split="test")
+    ref = extract_features(extractor, real).features
+    fake = extract_features(extractor, samples, input_range=(-1, 1)).features
+    fid = frechet_distance(fake, ref)
+"""
+
+from .classifier import FeatureClassifier
+from .datasets import BUILTIN_DATASETS, CIFAR10_CLASSES, load_builtin
+from .extractors import FEATURE_EXTRACTORS, classifier_info, extract_features, load_feature_extractor
+from .inception import FID_WEIGHTS_FILENAME, FID_WEIGHTS_URL, FIDInceptionV3, find_fid_weights
+from .metrics import (
+    FeatureStatistics,
+    InceptionScoreOutput,
+    KernelDistanceOutput,
+    PrecisionRecallOutput,
+    frechet_distance,
+    gaussian_frechet_distance,
+    inception_score,
+    kernel_distance,
+    precision_recall,
+)
+from .outputs import FeatureExtractorOutput
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "CIFAR10_CLASSES",
+    "FEATURE_EXTRACTORS",
+    "FID_WEIGHTS_FILENAME",
+    "FID_WEIGHTS_URL",
+    "FIDInceptionV3",
+    "FeatureClassifier",
+    "FeatureExtractorOutput",
+    "FeatureStatistics",
+    "InceptionScoreOutput",
+    "KernelDistanceOutput",
+    "PrecisionRecallOutput",
+    "classifier_info",
+    "extract_features",
+    "find_fid_weights",
+    "frechet_distance",
+    "gaussian_frechet_distance",
+    "inception_score",
+    "kernel_distance",
+    "load_builtin",
+    "load_feature_extractor",
+    "precision_recall",
+]
