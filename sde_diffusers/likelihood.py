@@ -16,11 +16,11 @@ Bits per dimension::
     bits_per_dim = -log_likelihood / (D ln 2) + offset_bits
 
 where ``D`` is the number of dimensions of one sample and ``offset_bits`` converts the density of data rescaled
-from ``num_bits``-bit integers to ``data_range = (lo, hi)`` back to the density over the integer grid (one unit
-per bin, 256 bins for 8 bits): ``offset_bits = num_bits - log2(hi - lo)``, i.e. 8 for data in ``[0, 1]`` and 7
-for data in ``[-1, 1]``. Pass ``offset_bits=0`` for the continuous density itself. With ``dequantize=True``,
-8-bit data ``lo + (hi - lo) k / 255`` is replaced by ``lo + (hi - lo) (k + u) / 256``, ``u ~ U[0, 1)^D``, and
-``log_likelihood`` is averaged over ``num_dequant`` draws: an estimate of the variational lower bound of the
+from ``L = num_levels`` integer levels (256 for 8-bit images) to ``data_range = (lo, hi)`` back to the density
+over the integer grid, one unit per level: ``offset_bits = log2(L / (hi - lo))``, i.e. 8 for 8-bit data in
+``[0, 1]`` and 7 for 8-bit data in ``[-1, 1]``. Pass ``offset_bits=0`` for the continuous density itself. With
+``dequantize=True``, data ``lo + (hi - lo) k / (L - 1)`` is replaced by ``lo + (hi - lo) (k + u) / L``,
+``u ~ U[0, 1)^D``, and ``log_likelihood`` is averaged over ``num_dequant`` draws: an estimate of the variational lower bound of the
 discrete log-likelihood, the number reported in the literature (e.g. 2.99 bits/dim for DDPM++ sub-VP on CIFAR-10).
 """
 
@@ -256,18 +256,22 @@ def _check_data_range(data_range: object) -> tuple[float, float]:
     return float(data_range[0]), float(data_range[1])
 
 
-def dequantization_offset_bits(data_range: tuple[float, float] = (-1.0, 1.0), num_bits: int = 8) -> float:
-    """``num_bits - log2(hi - lo)``: bits per dimension to add to the continuous density of data rescaled from
-    ``num_bits``-bit integers to ``[lo, hi]`` (8 for ``[0, 1]``, 7 for ``[-1, 1]``)."""
+def _check_levels(num_levels: object) -> int:
+    if not isinstance(num_levels, int) or isinstance(num_levels, bool) or num_levels < 2:
+        raise ValueError(f"num_levels must be an integer >= 2 (256 for 8-bit data), got {num_levels!r}")
+    return num_levels
+
+
+def dequantization_offset_bits(data_range: tuple[float, float] = (-1.0, 1.0), num_levels: int = 256) -> float:
+    """``log2(num_levels / (hi - lo))``: bits per dimension to add to the continuous density of data rescaled
+    from ``num_levels`` integer levels to ``[lo, hi]`` (8-bit data: 8 for ``[0, 1]``, 7 for ``[-1, 1]``)."""
     lo, hi = _check_data_range(data_range)
-    if not isinstance(num_bits, int) or isinstance(num_bits, bool) or num_bits < 1:
-        raise ValueError(f"num_bits must be a positive integer, got {num_bits!r}")
-    return num_bits - math.log2(hi - lo)
+    return math.log2(_check_levels(num_levels) / (hi - lo))
 
 
-def _quantize(x: torch.Tensor, lo: float, hi: float, num_bits: int) -> torch.Tensor:
-    """Integer levels ``k`` of data ``lo + (hi - lo) k / (2^bits - 1)``; raise if ``x`` is not such data."""
-    levels = 2**num_bits - 1
+def _quantize(x: torch.Tensor, lo: float, hi: float, num_levels: int) -> torch.Tensor:
+    """Integer levels ``k`` of data ``lo + (hi - lo) k / (L - 1)``; raise if ``x`` is not such data."""
+    levels = num_levels - 1
     tol = 1e-6 * (hi - lo)
     if x.min() < lo - tol or x.max() > hi + tol:
         raise ValueError(
@@ -278,8 +282,8 @@ def _quantize(x: torch.Tensor, lo: float, hi: float, num_bits: int) -> torch.Ten
     k_round = k.round()
     if (k - k_round).abs().max() > 1e-3:
         raise ValueError(
-            f"dequantize=True needs {num_bits}-bit data lo + (hi - lo) k / {levels} (k integer); these values are "
-            "off that grid (already dequantized or resampled?)"
+            f"dequantize=True needs data lo + (hi - lo) k / {levels} with integer k (num_levels={num_levels}); "
+            "these values are off that grid (already dequantized or resampled? a different num_levels?)"
         )
     return k_round.clamp(0, levels)
 
@@ -304,7 +308,7 @@ def log_likelihood(
     dequantize: bool = False,
     num_dequant: int = 1,
     data_range: tuple[float, float] = (-1.0, 1.0),
-    num_bits: int = 8,
+    num_levels: int = 256,
     offset_bits: float | None = None,
     generator: torch.Generator | None = None,
     scheduler_config: Mapping | object | None = None,
@@ -331,13 +335,14 @@ def log_likelihood(
         method (`str`, defaults to `"dopri5"`): see :func:`~sde_diffusers.sampling.ode.odeint`.
         step_control (`str`, defaults to `"per_sample"`): per-sample or batch-coupled (scipy-like) step sizes.
         num_steps (`int`, optional): steps of a fixed-step ``method``.
-        dequantize (`bool`, defaults to `False`): uniform dequantization of ``num_bits``-bit data.
+        dequantize (`bool`, defaults to `False`): uniform dequantization of data on ``num_levels`` levels.
         num_dequant (`int`, defaults to 1): dequantization draws to average (needs ``dequantize=True`` if > 1).
         data_range (`tuple`, defaults to `(-1.0, 1.0)`): range ``(lo, hi)`` of the data (Diffusers models use
             ``[-1, 1]``; score_sde's VE models ``[0, 1]``).
-        num_bits (`int`, defaults to 8): bit depth of the original data.
+        num_levels (`int`, defaults to 256): quantization levels of the raw data (256 for 8-bit images, 17 for
+            scikit-learn's digits).
         offset_bits (`float`, optional): added to the bits per dimension; defaults to
-            ``num_bits - log2(hi - lo)`` (see :func:`dequantization_offset_bits`); ``0`` gives continuous bits.
+            ``log2(num_levels / (hi - lo))`` (see :func:`dequantization_offset_bits`); ``0`` gives continuous bits.
         generator (`torch.Generator`, optional): for probes and dequantization noise.
         scheduler_config, prediction_type, time_input, model_kwargs: how to call a network, see
             :func:`resolve_score_fn`.
@@ -360,7 +365,7 @@ def log_likelihood(
         raise ValueError(f"step_control must be 'per_sample' or 'batch', got {step_control!r}")
     lo, hi = _check_data_range(data_range)
     if offset_bits is None:
-        offset_bits = dequantization_offset_bits((lo, hi), num_bits)
+        offset_bits = dequantization_offset_bits((lo, hi), num_levels)
     elif not isinstance(offset_bits, (int, float)) or isinstance(offset_bits, bool) or not math.isfinite(offset_bits):
         raise ValueError(f"offset_bits must be a finite number, got {offset_bits!r}")
     if num_dequant > 1 and not dequantize:
@@ -379,7 +384,7 @@ def log_likelihood(
         time_input=time_input, model_kwargs=model_kwargs,
     )
     eps = _check_time_span(sde, eps)
-    levels = _quantize(x, lo, hi, num_bits) if dequantize else None
+    levels = _quantize(x, lo, hi, _check_levels(num_levels)) if dequantize else None
 
     # ---- solve ------------------------------------------------------------------------------------------
     shape, b, d = x.shape, x.shape[0], x[0].numel()
@@ -398,7 +403,7 @@ def log_likelihood(
             data = x
             if levels is not None:
                 u = torch.rand(shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
-                data = lo + (hi - lo) * (levels + u) / 2**num_bits
+                data = lo + (hi - lo) * (levels + u) / num_levels
             draw = probes
             if draw is None and trace != "exact":
                 pshape = (num_probes, *shape)

@@ -208,7 +208,8 @@ def test_tiny_unet2dmodel_runs_end_to_end():
 def test_bits_per_dim_offset_and_dequantization():
     assert dequantization_offset_bits((0, 1)) == 8
     assert dequantization_offset_bits((-1, 1)) == 7
-    assert dequantization_offset_bits((0, 255), num_bits=8) == pytest.approx(8 - math.log2(255))
+    assert dequantization_offset_bits((0, 255)) == pytest.approx(8 - math.log2(255))
+    assert dequantization_offset_bits((0, 1), num_levels=17) == pytest.approx(math.log2(17))
     sde = VPSDE()
     x = (torch.randint(0, 256, (4, 4), generator=torch.Generator().manual_seed(0)).double() / 255) * 2 - 1
     cont = log_likelihood(MIX.score_fn(sde), sde, x, offset_bits=0, generator=torch.Generator().manual_seed(0))
@@ -219,6 +220,12 @@ def test_bits_per_dim_offset_and_dequantization():
         MIX.score_fn(sde), sde, x01, data_range=(0, 1), dequantize=True, num_dequant=3, generator=torch.Generator().manual_seed(0)
     )
     assert deq.offset_bits == 8
+    # sklearn's digits have 17 levels (k / 16): on the 8-bit grid they are rejected, with num_levels=17 accepted
+    digits = torch.randint(0, 17, (4, 4), generator=torch.Generator().manual_seed(1)).double() / 16
+    with pytest.raises(ValueError, match="off that grid"):
+        log_likelihood(MIX.score_fn(sde), sde, digits, data_range=(0, 1), dequantize=True)
+    out17 = log_likelihood(MIX.score_fn(sde), sde, digits, data_range=(0, 1), dequantize=True, num_levels=17)
+    assert out17.offset_bits == pytest.approx(math.log2(17))
     assert deq.nfe > cont.nfe  # three solves
     torch.testing.assert_close(deq.bits_per_dim, -bits(deq.log_likelihood, 4) + 8)
 
