@@ -8,6 +8,18 @@ from .corruption import (
     fit_wasserstein_schedule,
     gaussian_w2,
 )
+from .evaluation import (
+    FeatureClassifier,
+    FeatureStatistics,
+    FIDInceptionV3,
+    extract_features,
+    frechet_distance,
+    inception_score,
+    kernel_distance,
+    load_builtin,
+    load_feature_extractor,
+    precision_recall,
+)
 from .hub_utils import (
     MissingHubTokenError,
     check_push_arguments,
@@ -62,4 +74,14 @@ __all__ = [
     "soft_score_matching_loss",
     "SoftDiffusionScheduler",
     "SoftDiffusionSchedulerOutput",
+    "FeatureClassifier",
+    "FeatureStatistics",
+    "FIDInceptionV3",
+    "extract_features",
+    "frechet_distance",
+    "inception_score",
+    "kernel_distance",
+    "load_builtin",
+    "load_feature_extractor",
+    "precision_recall",
 ]
