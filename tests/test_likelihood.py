@@ -287,3 +287,53 @@ def test_bad_input():
         log_likelihood(Bad(), sde, torch.zeros(2, 3, 4, 4))
     with pytest.raises(ValueError, match="must match"):
         encode(lambda xx, t: xx.sum(1), sde, x)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------
+def _tiny_ddpm_pipeline(folder):
+    from diffusers import DDPMPipeline
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+    )
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(folder)
+    return folder
+
+
+def test_cli_on_a_saved_ddpm_pipeline(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from sde_diffusers.cli import main
+
+    model_dir = _tiny_ddpm_pipeline(tmp_path / "ddpm")
+    fast = ["--rtol", "1e-2", "--atol", "1e-2", "--no-progress", "--batch-size", "2"]
+    report = tmp_path / "digits.json"
+    assert main(["likelihood", str(model_dir), "--data", "digits", "--num-images", "3", "--output", str(report), *fast]) == 0
+    result = json.loads(report.read_text())
+    assert result["num_images"] == 3 and len(result["per_image_bits_per_dim"]) == 3
+    assert result["sde"] == "VPSDE" and result["prediction_type"] == "epsilon"
+    assert result["offset_bits"] == pytest.approx(math.log2(17 / 2))  # 17-level digits in [-1, 1]
+    assert np.isfinite(result["bits_per_dim"]) and result["bits_per_dim_stderr"] > 0
+    assert f"{result['bits_per_dim']:.4f} ± " in capsys.readouterr().out
+
+    images = tmp_path / "images"
+    images.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8), dtype=np.uint8)
+    for i, p in enumerate(pixels):
+        Image.fromarray(p).save(images / f"{i}.png")
+    assert main(["likelihood", str(model_dir), "--data", str(images), "--output", str(tmp_path / "f.json"), *fast]) == 0
+    assert json.loads((tmp_path / "f.json").read_text())["offset_bits"] == 7
+
+    Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(images / "big.png")
+    with pytest.raises(ValueError, match="different sizes"):
+        main(["likelihood", str(model_dir), "--data", str(images), *fast])
+    with pytest.raises(FileNotFoundError, match="digits"):
+        main(["likelihood", str(model_dir), "--data", str(tmp_path / "missing"), *fast])
+    with pytest.raises(ValueError, match="model takes 8x8"):
+        main(["likelihood", str(model_dir), "--data", "mnist", *fast])
