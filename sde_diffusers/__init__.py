@@ -27,7 +27,23 @@ from .hub_utils import (
     render_model_card,
     save_model_card,
 )
-from .losses import soft_score_matching_loss
+from .losses import (
+    ddpm_loss,
+    denoising_score_matching_loss,
+    exact_score_matching_loss,
+    sample_time,
+    sliced_score_matching_loss,
+    smld_loss,
+    soft_score_matching_loss,
+)
+from .models import PRESETS as MODEL_PRESETS
+from .models import (
+    DDPMppModel,
+    NCSNppModel,
+    NoiseConditionalClassifier,
+    NoiseConditionalClassifierOutput,
+    model_from_preset,
+)
 from .parameterization import make_score_fn, model_output_to_score, score_to_model_output
 from .pipelines.pipeline_utils import SDEDiffusionPipeline
 from .schedulers import (
@@ -84,4 +100,16 @@ __all__ = [
     "load_builtin",
     "load_feature_extractor",
     "precision_recall",
+    "ddpm_loss",
+    "denoising_score_matching_loss",
+    "exact_score_matching_loss",
+    "sample_time",
+    "sliced_score_matching_loss",
+    "smld_loss",
+    "MODEL_PRESETS",
+    "DDPMppModel",
+    "NCSNppModel",
+    "NoiseConditionalClassifier",
+    "NoiseConditionalClassifierOutput",
+    "model_from_preset",
 ]
