@@ -334,7 +334,7 @@ def ddpm_loss(
     noise = _check_noise(noise, x0, generator)
     # Marginal of the SDE's own discrete chain x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z.
     # (float64 on the CPU for the long product, then the data's device and dtype: MPS has no float64.)
-    alphas_cumprod = torch.cumprod(1.0 - sde.discrete_betas(n, dtype=torch.float64), dim=0)
+    alphas_cumprod = sde.discrete_alphas_cumprod(n)
     abar = alphas_cumprod.to(device=x0.device, dtype=x0.dtype)[idx]
     x_t = broadcast_to(abar.sqrt(), x0) * x0 + broadcast_to((1.0 - abar).sqrt(), x0) * noise
     eps_pred = _check_output("model_fn", model_fn(x_t, idx, **model_kwargs), x_t)

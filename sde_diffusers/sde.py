@@ -257,6 +257,12 @@ class _BetaSDE(SDE):
         n = self.N if num_steps is None else num_steps
         return torch.linspace(self.beta_0 / n, self.beta_1 / n, n, **tensor_kwargs)
 
+    def discrete_alphas_cumprod(self, num_steps: int | None = None, **tensor_kwargs) -> torch.Tensor:
+        """``alpha_bar_i = prod_{j <= i} (1 - beta_j)`` of the DDPM chain (computed in float64)."""
+        dtype = tensor_kwargs.pop("dtype", torch.float64)
+        betas = self.discrete_betas(num_steps, dtype=torch.float64, **tensor_kwargs)
+        return torch.cumprod(1.0 - betas, dim=0).to(dtype)
+
     def discrete_beta(self, t: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
         """``beta_i`` of the discrete DDPM chain at ``t``.
 
