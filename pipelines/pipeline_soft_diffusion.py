@@ -1,0 +1,526 @@
+"""Soft Diffusion pipelines (Daras et al., 2022): unconditional generation and inpainting with blur + noise models.
+
+A Soft Diffusion model is trained on the corruption ``x_t = C_t x_0 + s_t * eta`` (``C_t`` a DCT Gaussian blur,
+``s_t`` a small noise level; :mod:`sde_diffusers.corruption`) to predict the clean image ``x_0``. Sampling walks
+the corruption levels back with :class:`~sde_diffusers.SoftDiffusionScheduler` (momentum, naive or deterministic
+steps). Two things differ from the score-SDE pipelines, which is why these pipelines have their own loop:
+
+* the start is not ``N(0, sigma^2 I)`` but the most corrupted level, a flat image of a random mean colour plus a
+  little noise, drawn by :meth:`SoftDiffusionScheduler.initial_sample` (from the scheduler's stored colour prior or
+  from ``reference_images``);
+* the network output is ``x0_hat`` and goes to ``scheduler.step`` as it is; there is no SDE behind the scheduler,
+  so score-based conditioning does not apply.
+
+Inpainting (:class:`SoftDiffusionInpaintPipeline`) conditions through the clean estimate; see its docstring.
+
+Calling conventions are those of :class:`~sde_diffusers.pipelines.ScoreSdePipeline`: ``batch_size``,
+``num_inference_steps`` (= network evaluations), ``generator`` (one, or a list with one per sample),
+``output_type`` ``"pil"``/``"np"``/``"pt"`` (``np``/``pt`` in ``[0, 1]``), ``return_dict`` (a
+:class:`~sde_diffusers.pipelines.ScoreSdePipelineOutput` with ``images`` and ``nfe``), ``callback_on_step_end``
+and a progress bar. The network sees images in ``[-1, 1]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+
+from sde_diffusers.sampling.soft import SOFT_SAMPLERS
+from sde_diffusers.schedulers.scheduling_soft_diffusion import SoftDiffusionScheduler
+
+from .pipeline_score_sde import ScoreSdePipelineOutput, check_output_type, resolve_batch_size
+from .pipeline_utils import SDEDiffusionPipeline
+
+__all__ = ["SoftDiffusionPipelineBase", "SoftDiffusionPipeline", "SoftDiffusionInpaintPipeline"]
+
+ImageInput = PIL.Image.Image | Sequence[PIL.Image.Image] | np.ndarray | torch.Tensor
+StepCallback = Callable[[Any, int, torch.Tensor, dict], dict]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Argument checks and image inputs
+# ---------------------------------------------------------------------------------------------------------
+def _check_int(name: str, value: object, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _images_to_tensor(images: object, name: str, channels: int) -> torch.Tensor:
+    """Images as float32 ``(batch, channels, height, width)`` in ``[0, 1]``.
+
+    Accepted: a PIL image or a list of them (converted to ``"L"`` or ``"RGB"`` to match ``channels``); a numpy
+    array ``(H, W)``, ``(H, W, C)`` or ``(B, H, W, C)``; a torch tensor ``(H, W)``, ``(C, H, W)`` or
+    ``(B, C, H, W)``. ``uint8`` is divided by 255, ``bool`` becomes 0/1, floats must lie in ``[0, 1]``.
+    """
+    if isinstance(images, PIL.Image.Image):
+        images = [images]
+    if isinstance(images, (list, tuple)):
+        if not images or not all(isinstance(im, PIL.Image.Image) for im in images):
+            raise TypeError(f"`{name}` as a list must be a non-empty list of PIL images.")
+        mode = "L" if channels == 1 else "RGB"
+        arrays = [np.asarray(im.convert(mode)) for im in images]
+        if len({a.shape for a in arrays}) != 1:
+            raise ValueError(f"the images in `{name}` must all have one size, got {[a.shape for a in arrays]}.")
+        stacked = np.stack(arrays)
+        tensor = torch.from_numpy(stacked[..., None] if stacked.ndim == 3 else stacked).permute(0, 3, 1, 2)
+    elif isinstance(images, np.ndarray):
+        array = images[..., None] if images.ndim == 2 else images
+        array = array[None] if array.ndim == 3 else array
+        if array.ndim != 4:
+            raise ValueError(f"`{name}` as a numpy array must be (H, W), (H, W, C) or (B, H, W, C), got {images.shape}.")
+        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
+    elif isinstance(images, torch.Tensor):
+        tensor = images.detach().cpu()
+        tensor = tensor[None] if tensor.dim() == 2 else tensor
+        tensor = tensor[None] if tensor.dim() == 3 else tensor
+        if tensor.dim() != 4:
+            raise ValueError(
+                f"`{name}` as a torch tensor must be (H, W), (C, H, W) or (B, C, H, W), got {tuple(images.shape)}."
+            )
+    else:
+        raise TypeError(
+            f"`{name}` must be a PIL image, a list of PIL images, a numpy array or a torch tensor, "
+            f"got {type(images).__name__}."
+        )
+    if tensor.dtype == torch.uint8:
+        tensor = tensor.float() / 255.0
+    elif tensor.dtype == torch.bool:
+        tensor = tensor.float()
+    elif tensor.is_floating_point():
+        tensor = tensor.float()
+        if not bool(torch.isfinite(tensor).all()):
+            raise ValueError(f"`{name}` contains NaN or infinite values.")
+        if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
+            raise ValueError(
+                f"`{name}` must have values in [0, 1] (uint8 is divided by 255), got values in "
+                f"[{tensor.min().item():.4g}, {tensor.max().item():.4g}]."
+            )
+    else:
+        raise TypeError(f"`{name}` must be uint8, bool or floating point, got dtype {tensor.dtype}.")
+    if tensor.shape[0] == 0:
+        raise ValueError(f"`{name}` is empty.")
+    return tensor.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The shared base
+# ---------------------------------------------------------------------------------------------------------
+class SoftDiffusionPipelineBase(SDEDiffusionPipeline):
+    r"""
+    Shared machinery of the Soft Diffusion pipelines: checks, the starting sample, the sampling loop, outputs.
+
+    Components:
+        unet ([`DDPMppModel`], [`~diffusers.UNet2DModel`] or any model called as ``unet(sample, timestep)``): the
+            network; it predicts the clean image ``x_0`` in ``[-1, 1]`` from a corrupted one and the integer
+            timestep ``0 .. N-1`` of the scheduler (``t * (N - 1)``, the scale
+            :func:`~sde_diffusers.losses.soft_score_matching_loss` trains it on when given the scheduler).
+        scheduler ([`SoftDiffusionScheduler`]): the corruption levels, the starting distribution and the sampler.
+    """
+
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, unet: torch.nn.Module, scheduler: SoftDiffusionScheduler) -> None:
+        super().__init__()
+        if not isinstance(scheduler, SoftDiffusionScheduler):
+            raise TypeError(
+                f"`scheduler` must be a SoftDiffusionScheduler (Soft Diffusion models predict x_0 of a blur + noise "
+                f"corruption), got {type(scheduler).__name__}."
+            )
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    # ---- facts about the components ------------------------------------------------------------------
+    def sample_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of the generated images (the UNet's config; checked against the scheduler)."""
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        corruption_size = self.scheduler.corruption.image_size
+        if corruption_size is not None and (height, width) != tuple(corruption_size):
+            raise ValueError(
+                f"the UNet generates {height}x{width} images but the scheduler's blur levels were built for "
+                f"{corruption_size[0]}x{corruption_size[1]}; rebuild the scheduler with image_size=[{height}, {width}]."
+            )
+        return int(self.unet.config.in_channels), height, width
+
+    # ---- checks ------------------------------------------------------------------------------------------
+    def check_common_inputs(
+        self,
+        num_inference_steps: object,
+        output_type: object,
+        sampler: object,
+        callback_on_step_end: object,
+        callback_on_step_end_tensor_inputs: object,
+    ) -> None:
+        """Validate the arguments every Soft Diffusion pipeline takes (before any work starts)."""
+        steps = _check_int("num_inference_steps", num_inference_steps)
+        n_train = self.scheduler.config.num_train_timesteps
+        if steps > n_train:
+            raise ValueError(
+                f"`num_inference_steps` ({steps}) must be <= the scheduler's num_train_timesteps ({n_train}): each "
+                "step evaluates the network at a distinct corruption level."
+            )
+        check_output_type(output_type)
+        if sampler is not None and sampler not in SOFT_SAMPLERS:
+            raise ValueError(f"`sampler` must be None or one of {tuple(SOFT_SAMPLERS)}, got {sampler!r}.")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise TypeError(f"`callback_on_step_end` must be callable, got {type(callback_on_step_end).__name__}.")
+        bad = [k for k in (callback_on_step_end_tensor_inputs or []) if k not in self._callback_tensor_inputs]
+        if bad:
+            raise ValueError(
+                f"`callback_on_step_end_tensor_inputs` may only contain {self._callback_tensor_inputs}, got {bad}."
+            )
+
+    def _scheduler_for(self, sampler: str | None) -> SoftDiffusionScheduler:
+        """The pipeline's scheduler, or a copy of it with another sampler (the pipeline's own is left as it is)."""
+        if sampler is None or sampler == self.scheduler.config.sampler:
+            return self.scheduler
+        return SoftDiffusionScheduler.from_config(self.scheduler.config, sampler=sampler)
+
+    def _prepare_reference(self, reference_images: object, channels: int) -> torch.Tensor | None:
+        if reference_images is None:
+            return None
+        reference = _images_to_tensor(reference_images, "reference_images", channels)
+        _, height, width = self.sample_shape()
+        if tuple(reference.shape[1:]) != (channels, height, width):
+            raise ValueError(
+                f"`reference_images` must be {channels}x{height}x{width} (channels x height x width) like the "
+                f"generated images, got {tuple(reference.shape[1:])}."
+            )
+        return self.from_unit_range(reference)
+
+    def _check_latents(self, latents: object, shape: tuple[int, ...]) -> None:
+        if latents is None:
+            return
+        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
+            raise TypeError(f"`latents` must be a floating-point torch.Tensor, got {type(latents).__name__}.")
+        if tuple(latents.shape) != tuple(shape):
+            raise ValueError(f"`latents` must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
+
+    def _check_no_start_source(self, reference: torch.Tensor | None, latents: torch.Tensor | None) -> None:
+        # Raise the scheduler's explanation before any work, not after the first network call.
+        if reference is None and latents is None and self.scheduler.config.prior_mean is None:
+            raise ValueError(
+                "the scheduler has no starting distribution: pass `reference_images` (clean training images) or "
+                "`latents`, or save the pipeline with a scheduler built by SoftDiffusionScheduler.from_data(images) "
+                "(or after scheduler.set_prior(images))."
+            )
+
+    # ---- the sampling loop -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _sample(
+        self,
+        shape: tuple[int, int, int, int],
+        *,
+        scheduler: SoftDiffusionScheduler,
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+        reference: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
+        condition_estimate: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> tuple[torch.Tensor, int]:
+        """Walk the corruption levels back from the most corrupted one; return ``(x0, nfe)`` in ``[-1, 1]``.
+
+        ``condition_estimate(x0_hat) -> x0_hat`` (inpainting) modifies each clean estimate before the step.
+        """
+        device, dtype = self._execution_device, self.unet.dtype
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = scheduler.timesteps
+        if latents is None:
+            ref = None if reference is None else reference.to(device=device, dtype=dtype)
+            x = scheduler.initial_sample(shape, reference=ref, generator=generator, device=device, dtype=dtype)
+        else:
+            # Already a draw from the most corrupted level: no init_noise_sigma scaling (see the scheduler).
+            x = latents.to(device=device, dtype=dtype)
+        self._num_timesteps = len(timesteps)
+        nfe = 0
+        with self.progress_bar(total=len(timesteps)) as progress:
+            for i, t in enumerate(timesteps):
+                out = self.unet(scheduler.scale_model_input(x, t), t)
+                x0_hat = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
+                nfe += 1
+                if condition_estimate is not None:
+                    x0_hat = condition_estimate(x0_hat)
+                x = scheduler.step(x0_hat, t, x, generator=generator).prev_sample
+                if callback_on_step_end is not None:
+                    kwargs = {k: {"latents": x}[k] for k in (callback_on_step_end_tensor_inputs or [])}
+                    x = (callback_on_step_end(self, i, t, kwargs) or {}).get("latents", x)
+                progress.update()
+        return x, nfe
+
+    # ---- output ------------------------------------------------------------------------------------------
+    @staticmethod
+    def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+        """Network range ``[-1, 1]`` to ``[0, 1]``, clamped."""
+        return ((x + 1.0) / 2.0).clamp(0, 1)
+
+    @staticmethod
+    def from_unit_range(x: torch.Tensor) -> torch.Tensor:
+        """``[0, 1]`` to the network range ``[-1, 1]``."""
+        return x * 2.0 - 1.0
+
+    def _finish(self, images_01: torch.Tensor, output_type: str, return_dict: bool, nfe: int):
+        if output_type == "pt":
+            images: Any = images_01.float().cpu()
+        else:
+            array = images_01.float().cpu().permute(0, 2, 3, 1).numpy()
+            images = self.numpy_to_pil(array) if output_type == "pil" else array
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ScoreSdePipelineOutput(images=images, nfe=nfe)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Unconditional generation
+# ---------------------------------------------------------------------------------------------------------
+class SoftDiffusionPipeline(SoftDiffusionPipelineBase):
+    r"""
+    Unconditional generation with a Soft Diffusion (blur + noise) model.
+
+    Args:
+        unet: the ``x_0``-predicting network (see [`SoftDiffusionPipelineBase`]).
+        scheduler ([`SoftDiffusionScheduler`]): its corruption schedule; build it with
+            ``SoftDiffusionScheduler.from_data(train_images)`` so that it carries the starting colour prior.
+
+    Example:
+
+    ```py
+    >>> from sde_diffusers import SoftDiffusionPipeline
+    >>> pipe = SoftDiffusionPipeline.from_pretrained("path/or/repo")
+    >>> images = pipe(batch_size=16, num_inference_steps=50).images
+    >>> naive = pipe(batch_size=16, num_inference_steps=50, sampler="naive").images  # for comparison
+    ```
+    """
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int | None = None,
+        num_inference_steps: int = 100,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        sampler: str | None = None,
+        reference_images: ImageInput | None = None,
+        latents: torch.Tensor | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> ScoreSdePipelineOutput | tuple:
+        r"""
+        Generate images.
+
+        Args:
+            batch_size (`int`, *optional*): number of images; defaults to the number of generators in a list or of
+                `latents`, else 1.
+            num_inference_steps (`int`, defaults to 100): corruption levels visited, evenly spaced in ``t`` from the
+                most corrupted to the least; one network evaluation each (``<= num_train_timesteps``).
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): randomness; a list gives one
+                generator per sample, so each sample is reproducible on its own, whatever the batch.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (`(batch, height, width, channels)` in
+                ``[0, 1]``) or `"pt"` (`(batch, channels, height, width)` in ``[0, 1]``).
+            return_dict (`bool`, defaults to `True`): return a [`ScoreSdePipelineOutput`] instead of a tuple.
+            sampler (`str`, *optional*): `"momentum"` (Daras et al.'s Momentum Sampler), `"naive"` or
+                `"deterministic"`, overriding ``scheduler.config.sampler`` for this call only.
+            reference_images (PIL image(s), `np.ndarray` or `torch.Tensor` in ``[0, 1]``, *optional*): clean images
+                to start from: each sample starts at the most corrupted level of a uniformly drawn reference
+                (exact for any blur schedule). Without it the scheduler's stored mean-colour prior is used.
+            latents (`torch.Tensor`, *optional*): the starting sample itself, shape ``(batch, channels, height,
+                width)`` in the network's range, e.g. from ``scheduler.initial_sample``; used as given.
+            callback_on_step_end (`Callable`, *optional*): ``callback(pipe, step, timestep, callback_kwargs)`` after
+                every step; it may return ``{"latents": ...}`` to replace the sample.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): tensors passed in ``callback_kwargs``
+                (only ``"latents"``).
+
+        Returns:
+            [`ScoreSdePipelineOutput`] with `images` and `nfe`, or a tuple `(images,)`.
+        """
+        self.check_common_inputs(
+            num_inference_steps, output_type, sampler, callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
+        channels, height, width = self.sample_shape()
+        reference = self._prepare_reference(reference_images, channels)
+        n_latents = latents.shape[0] if isinstance(latents, torch.Tensor) and latents.dim() == 4 else None
+        batch = resolve_batch_size(batch_size, generator, latents=n_latents)
+        shape = (batch, channels, height, width)
+        self._check_latents(latents, shape)
+        self._check_no_start_source(reference, latents)
+        x0, nfe = self._sample(
+            shape,
+            scheduler=self._scheduler_for(sampler),
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            reference=reference,
+            latents=latents,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+        return self._finish(self.to_unit_range(x0), output_type, return_dict, nfe)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inpainting
+# ---------------------------------------------------------------------------------------------------------
+class SoftDiffusionInpaintPipeline(SoftDiffusionPipelineBase):
+    r"""
+    Inpainting with a Soft Diffusion (blur + noise) model: fill the masked pixels, keep the others exactly.
+
+    The mask follows Diffusers' convention: white (1) marks the pixels to repaint, black (0) the pixels to keep.
+
+    How it conditions. Score-SDE inpainting (Song et al., 2021) replaces the known pixels of every intermediate
+    sample by the observation noised to the sample's level. That works because the SDE corrupts every pixel on its
+    own; here ``C_t`` blurs, so the known pixels of ``x_t = C_t x_0 + s_t eta`` depend on the unknown pixels near
+    them (and, at the strongest blurs, on all of them), and the "observation corrupted to level t" does not exist.
+    What does exist pixel by pixel is the *clean* image. So the conditioning acts on the network's clean estimate:
+    before every step the known pixels of ``x0_hat`` are replaced by the observation,
+
+        ``x0_hat <- m * x0_hat + (1 - m) * y``     (``m`` = mask, 1 = repaint),
+
+    which is the posterior mean ``E[x_0 | x_t, y]`` in the known pixels (where it is ``y`` exactly) and the model's
+    estimate elsewhere. The momentum step then moves the sample to ``C' x0_hat + (s'^2 / s^2)(x - C x0_hat) +
+    fresh noise``: the next level is the blur of an image that agrees with ``y``, so the blur carries the
+    observation across the mask boundary at every scale, from the mean colour (first steps) to the edges (last
+    steps), and the network sees samples consistent with it. The last step returns the conditioned estimate, and the
+    known pixels of the output are then set to the input exactly.
+
+    Args:
+        unet: the ``x_0``-predicting network (see [`SoftDiffusionPipelineBase`]).
+        scheduler ([`SoftDiffusionScheduler`]): its corruption schedule (with the colour prior, or pass
+            ``reference_images``).
+
+    Example:
+
+    ```py
+    >>> from sde_diffusers import SoftDiffusionInpaintPipeline
+    >>> pipe = SoftDiffusionInpaintPipeline.from_pretrained("path/or/repo")
+    >>> result = pipe(image, mask_image, num_inference_steps=100).images[0]
+    ```
+    """
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput,
+        mask_image: ImageInput,
+        batch_size: int | None = None,
+        num_inference_steps: int = 100,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        sampler: str | None = None,
+        mask_threshold: float | None = None,
+        reference_images: ImageInput | None = None,
+        latents: torch.Tensor | None = None,
+        callback_on_step_end: StepCallback | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> ScoreSdePipelineOutput | tuple:
+        r"""
+        Inpaint images.
+
+        Args:
+            image (PIL image(s), `np.ndarray` `(H, W[, C])`/`(B, H, W, C)` or `torch.Tensor` `(C, H, W)`/`(B, C, H, W)`,
+                in ``[0, 1]`` or `uint8`): the images; their size and channels must be the UNet's.
+            mask_image (same kinds as `image`, one channel): 1 (white) where to repaint, 0 (black) where to keep;
+                the image's height and width; one mask for all images or one per image.
+            batch_size (`int`, *optional*): number of results; defaults to the number of images, masks or
+                generators in a list (one image and mask are repeated).
+            num_inference_steps (`int`, defaults to 100): corruption levels visited (network evaluations).
+            generator (`torch.Generator` or `list[torch.Generator]`, *optional*): randomness, one per sample in a list.
+            output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (``[0, 1]``).
+            return_dict (`bool`, defaults to `True`): return a [`ScoreSdePipelineOutput`] instead of a tuple.
+            sampler (`str`, *optional*): `"momentum"`, `"naive"` or `"deterministic"` for this call.
+            mask_threshold (`float` in ``(0, 1]``, *optional*): binarise a soft mask (repaint where
+                ``mask >= mask_threshold``). Without it a mask with values other than 0 and 1 is an error.
+            reference_images (*optional*): clean images for the starting level (see [`SoftDiffusionPipeline`]).
+            latents (`torch.Tensor`, *optional*): the starting sample (most corrupted level), used as given.
+            callback_on_step_end (`Callable`, *optional*): as in [`SoftDiffusionPipeline`].
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): as in [`SoftDiffusionPipeline`].
+
+        Returns:
+            [`ScoreSdePipelineOutput`] with `images` and `nfe`, or a tuple `(images,)`. The kept pixels equal the
+            input (for `"pil"`, the input's 8-bit values).
+        """
+        self.check_common_inputs(
+            num_inference_steps, output_type, sampler, callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
+        channels, height, width = self.sample_shape()
+        pixels = _images_to_tensor(image, "image", channels)
+        if tuple(pixels.shape[1:]) != (channels, height, width):
+            raise ValueError(
+                f"`image` must be {channels}x{height}x{width} (channels x height x width, the UNet's), got "
+                f"{tuple(pixels.shape[1:])}; resize or convert it first."
+            )
+        mask = self._prepare_mask(mask_image, mask_threshold, pixels)
+        reference = self._prepare_reference(reference_images, channels)
+        n_latents = latents.shape[0] if isinstance(latents, torch.Tensor) and latents.dim() == 4 else None
+        batch = resolve_batch_size(
+            batch_size,
+            generator,
+            image=pixels.shape[0] if pixels.shape[0] > 1 else None,
+            mask_image=mask.shape[0] if mask.shape[0] > 1 else None,
+            latents=n_latents,
+        )
+        shape = (batch, channels, height, width)
+        self._check_latents(latents, shape)
+        self._check_no_start_source(reference, latents)
+
+        device, dtype = self._execution_device, self.unet.dtype
+        pixels = pixels.expand(shape).to(device)
+        repaint = mask.expand(shape).to(device)
+        observed = self.from_unit_range(pixels).to(dtype)
+        repaint_net = repaint.to(dtype)
+
+        def condition_estimate(x0_hat: torch.Tensor) -> torch.Tensor:
+            # E[x_0 | x_t, y]: the observation where it is known, the model's estimate elsewhere.
+            return repaint_net * x0_hat + (1 - repaint_net) * observed
+
+        x0, nfe = self._sample(
+            shape,
+            scheduler=self._scheduler_for(sampler),
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            reference=reference,
+            latents=latents,
+            condition_estimate=condition_estimate,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+        )
+        # Paste in [0, 1], so that kept pixels are bit-for-bit the input (no round trip through [-1, 1]).
+        result = repaint * self.to_unit_range(x0.float()) + (1 - repaint) * pixels
+        return self._finish(result, output_type, return_dict, nfe)
+
+    @staticmethod
+    def _prepare_mask(mask_image: object, mask_threshold: object, pixels: torch.Tensor) -> torch.Tensor:
+        """The mask as ``(1 or batch, 1, height, width)`` with 1 = repaint; checked before any work."""
+        mask = _images_to_tensor(mask_image, "mask_image", 1)
+        if mask.shape[2:] != pixels.shape[2:]:
+            raise ValueError(
+                f"`mask_image` is {mask.shape[2]}x{mask.shape[3]} but `image` is {pixels.shape[2]}x{pixels.shape[3]} "
+                "(height x width); they must match."
+            )
+        if mask.shape[1] != 1:
+            raise ValueError(f"`mask_image` must have one channel, got {mask.shape[1]} (shape {tuple(mask.shape)}).")
+        if mask.shape[0] not in (1, pixels.shape[0]) and pixels.shape[0] != 1:
+            raise ValueError(
+                f"`mask_image` has {mask.shape[0]} masks for {pixels.shape[0]} images; pass one mask or one per image."
+            )
+        if mask_threshold is None:
+            if bool(((mask != 0) & (mask != 1)).any()):
+                raise ValueError(
+                    "`mask_image` is not binary (values other than 0 and 1, e.g. from resizing or JPEG): pass "
+                    "`mask_threshold` (e.g. 0.5) to repaint where mask >= threshold."
+                )
+            return mask
+        if (
+            isinstance(mask_threshold, bool)
+            or not isinstance(mask_threshold, (int, float))
+            or not 0 < float(mask_threshold) <= 1
+        ):
+            raise ValueError(f"`mask_threshold` must be a number in (0, 1], got {mask_threshold!r}.")
+        return (mask >= float(mask_threshold)).float()
