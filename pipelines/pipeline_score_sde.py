@@ -39,7 +39,6 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from sde_diffusers.parameterization import (
     check_prediction_type,
-    continuous_time,
     model_output_to_score,
     model_time,
     score_to_model_output,
@@ -86,8 +85,8 @@ class SchedulerSDE:
 
     Our schedulers carry their SDE (``scheduler.sde``) and map their timesteps to continuous time
     (``scheduler.continuous_timesteps``). For Diffusers' DDPM-family schedulers (linear betas), the SDE is the
-    continuous VP SDE with ``beta_min = N beta_start``, ``beta_max = N beta_end`` and the timestep ``k`` is
-    ``t = k / (N - 1)``, the scale our VP networks use.
+    continuous VP SDE with ``beta_min = N beta_start``, ``beta_max = N beta_end``, and the timestep ``k`` is
+    ``t = (k + 1) / N``, where that SDE's marginal matches DDPM's ``alpha_bar_k``.
 
     Args:
         scheduler: the pipeline's scheduler.
@@ -138,7 +137,10 @@ class SchedulerSDE:
         if callable(to_t):
             t = to_t(timestep)
         else:
-            t = continuous_time(self.sde, torch.as_tensor(timestep).to(torch.float64), "index")
+            # DDPM's timestep k has alpha_bar_k = prod_{j <= k} (1 - beta_j) = exp(-int_0^{(k + 1) / N} beta) to
+            # first order: the VP marginal at t = (k + 1) / N (never t = 0, where the std vanishes).
+            n = self.sde.N
+            t = (torch.as_tensor(timestep).to(torch.float64) + 1) / n
         return t.to(device=like.device, dtype=like.dtype).reshape(-1).expand(batch)
 
     def to_score(self, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -202,14 +204,11 @@ class Conditioning:
         score_terms (`list[ScoreTerm]`): added to the model's score at every evaluation.
         after_step (`Callable`, *optional*): ``after_step(sample, index, generator) -> sample`` applied to every
             new sample (``index`` is the position in ``scheduler.timesteps`` of the step just taken).
-        finalize (`Callable`, *optional*): ``finalize(x0) -> x0`` applied to the final sample in the network's
-            data range (e.g. pasting known pixels).
     """
 
     class_labels: torch.Tensor | None = None
     score_terms: list[ScoreTerm] | None = None
     after_step: Callable[[torch.Tensor, int, Any], torch.Tensor] | None = None
-    finalize: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -486,16 +485,15 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
                     callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
                     latents = callback_outputs.get("latents", latents)
                 progress.update()
-        if cond.finalize is not None:
-            latents = cond.finalize(latents)
         return latents, nfe
 
     # ---- output ----------------------------------------------------------------------------------------
     @staticmethod
-    def to_unit_range(x: torch.Tensor) -> torch.Tensor:
-        """Network range ``[-1, 1]`` to ``[0, 1]``, clamped."""
+    def to_unit_range(x: torch.Tensor, clamp: bool = True) -> torch.Tensor:
+        """Network range ``[-1, 1]`` to ``[0, 1]`` (clamped unless ``clamp=False``)."""
         lo, hi = DATA_RANGE
-        return ((x - lo) / (hi - lo)).clamp(0, 1)
+        x = (x - lo) / (hi - lo)
+        return x.clamp(0, 1) if clamp else x
 
     @staticmethod
     def from_unit_range(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,259 @@
+"""Linear inverse problems with a score model: what inpainting and colorization share.
+
+Both observe an orthogonal projection of the image, ``y = P x_0``: for inpainting ``P`` keeps the known pixels, for
+colorization it keeps the grey axis of every pixel's colour (Song et al., 2021, appendix I.2: an orthonormal
+colour transform whose first channel is the normalised grey level). So both condition the same way, and one
+:class:`LinearObservation` describes either. Two ways to condition, chosen by ``method``:
+
+``"replacement"`` (the paper's method)
+    After every predictor and corrector update, the observed component of the sample is replaced by the observation
+    forward-noised to the sample's next noise level (``scheduler.add_noise``), ``x <- x - P x + P(noised y)``. It
+    is cheap, but the unobserved pixels see the observation only through that fresh noise: at the noise levels where
+    a sample picks its mode, the observation is mostly drowned, so the modes are drawn with close to their *prior*
+    weights instead of their posterior weights (measured in ``benchmarks/conditional_accuracy.py``).
+
+``"guidance"`` (Tweedie likelihood guidance, as in DPS / Pi-GDM)
+    Add ``grad_x log p_t(y | x_t)`` to the score, with the likelihood approximated by the Gaussian
+    ``N(y; P x0_hat(x_t), r_t^2 P)`` around Tweedie's denoiser ``x0_hat = E[x_0 | x_t]``; the gradient goes through
+    the network (one backward pass per evaluation). For Gaussian data ``N(mu, v I)`` this is the exact conditional
+    score when ``r_t^2 = v sigma_t^2 / (v + sigma_t^2)`` with ``sigma_t = s(t) / m(t)`` (the posterior variance of
+    ``x_0`` given ``x_t``), which is the default, with ``v = guidance_variance``. ``guidance_variance="jacobian"``
+    instead estimates the posterior variance of the observed component for each sample and time from the network
+    itself, ``Cov[x_0 | x_t] = (s^2 / m) d x0_hat / d x_t`` (second-order Tweedie), with a Hutchinson probe on the
+    observed subspace: no data variance to choose, exact for Gaussian data, at the cost of a second backward pass.
+
+``"guidance+replacement"`` does both (the guidance steers the unobserved pixels, the replacement keeps the observed
+ones on the noisy data manifold). Every method pastes the observation exactly into the final sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from sde_diffusers.parameterization import score_to_x0
+from sde_diffusers.sde import SDE
+
+from .pipeline_score_sde import Conditioning, ScoreSdePipelineBase, ScoreTerm, _check_number
+
+__all__ = [
+    "INVERSE_METHODS",
+    "LinearObservation",
+    "ObservationGuidance",
+    "ScoreSdeInverseProblemPipeline",
+    "images_to_tensor",
+]
+
+INVERSE_METHODS = ("replacement", "guidance", "guidance+replacement")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Image inputs: PIL, numpy (HWC) or torch (CHW), in [0, 1]
+# ---------------------------------------------------------------------------------------------------------
+def _pil_to_array(image: PIL.Image.Image, name: str, modes: tuple[str, ...]) -> np.ndarray:
+    if image.mode not in modes:
+        raise ValueError(f"`{name}` must be a PIL image of mode {' or '.join(modes)}, got mode {image.mode!r}.")
+    if image.mode == "1":
+        image = image.convert("L")
+    array = np.asarray(image)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def images_to_tensor(images: Any, name: str, pil_modes: tuple[str, ...] = ("L", "RGB")) -> torch.Tensor:
+    """Convert images to a float32 tensor ``(batch, channels, height, width)`` in ``[0, 1]``.
+
+    Accepted (Diffusers' conventions): a PIL image or a list of them (modes ``pil_modes``); a numpy array
+    ``(height, width)``, ``(height, width, channels)`` or ``(batch, height, width, channels)``; a torch tensor
+    ``(height, width)``, ``(channels, height, width)`` or ``(batch, channels, height, width)``. ``uint8`` values are
+    divided by 255, booleans become 0/1, floats must already lie in ``[0, 1]``.
+
+    Raises:
+        TypeError / ValueError: naming ``name`` and what was expected.
+    """
+    if isinstance(images, PIL.Image.Image):
+        images = [images]
+    if isinstance(images, (list, tuple)):
+        if not images or not all(isinstance(im, PIL.Image.Image) for im in images):
+            raise TypeError(f"`{name}` as a list must be a non-empty list of PIL images.")
+        arrays = [_pil_to_array(im, name, pil_modes) for im in images]
+        if len({a.shape for a in arrays}) != 1:
+            raise ValueError(f"the images in `{name}` must share one size and mode, got {[a.shape for a in arrays]}.")
+        tensor = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    elif isinstance(images, np.ndarray):
+        if images.ndim == 2:
+            images = images[..., None]
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4:
+            raise ValueError(f"`{name}` as a numpy array must be (H, W), (H, W, C) or (B, H, W, C), got {images.shape}.")
+        tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    elif isinstance(images, torch.Tensor):
+        tensor = images.detach().cpu()
+        if tensor.dim() == 2:
+            tensor = tensor[None]
+        if tensor.dim() == 3:
+            tensor = tensor[None]
+        if tensor.dim() != 4:
+            raise ValueError(
+                f"`{name}` as a torch tensor must be (H, W), (C, H, W) or (B, C, H, W), got {tuple(tensor.shape)}."
+            )
+    else:
+        raise TypeError(
+            f"`{name}` must be a PIL image, a list of PIL images, a numpy array or a torch tensor, "
+            f"got {type(images).__name__}."
+        )
+    if tensor.dtype == torch.uint8:
+        tensor = tensor.float() / 255.0
+    elif tensor.dtype == torch.bool:
+        tensor = tensor.float()
+    elif tensor.is_floating_point():
+        tensor = tensor.float()
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"`{name}` contains NaN or infinite values.")
+        if tensor.min() < 0 or tensor.max() > 1:
+            raise ValueError(
+                f"`{name}` must have values in [0, 1] (uint8 arrays are divided by 255), got values in "
+                f"[{tensor.min().item():.4g}, {tensor.max().item():.4g}]."
+            )
+    else:
+        raise TypeError(f"`{name}` must be uint8, bool or floating point, got dtype {tensor.dtype}.")
+    if tensor.shape[1] not in (1, 3):
+        raise ValueError(f"`{name}` must have 1 or 3 channels, got {tensor.shape[1]} (shape {tuple(tensor.shape)}).")
+    return tensor.contiguous()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The observation and the guidance term
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class LinearObservation:
+    """An observation ``y = P x_0`` by an orthogonal projection ``P``, in the network's data range.
+
+    Args:
+        observed (`torch.Tensor` of shape `(batch, channels, height, width)`): ``P x_0`` (zero off the observed
+            subspace).
+        project (`Callable`): ``project(x) = P x`` for tensors shaped like ``observed``; must be an orthogonal
+            projection (``P = P^T = P^2``).
+        num_observed (`torch.Tensor` of shape `(batch,)`): dimension of the observed subspace, ``trace(P)``, per sample.
+    """
+
+    observed: torch.Tensor
+    project: Callable[[torch.Tensor], torch.Tensor]
+    num_observed: torch.Tensor
+
+    def replace(self, sample: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
+        """``sample - P sample + P observed``: the observed component of ``sample`` set to that of ``observed``."""
+        return sample - self.project(sample) + self.project(observed)
+
+
+def _rademacher(shape: tuple[int, ...], generator: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.sign(randn_tensor(shape, generator=generator, device=device, dtype=dtype))
+
+
+class ObservationGuidance(ScoreTerm):
+    """``scale * grad_x log N(y; P x0_hat(x_t), r_t^2 P)``: Tweedie likelihood guidance (see the module docstring).
+
+    Args:
+        observation (`LinearObservation`): what is observed.
+        variance (`float` or `"jacobian"`): the prior variance ``v`` of ``r_t^2 = v sigma^2 / (v + sigma^2)``, or
+            ``"jacobian"`` to estimate ``r_t^2`` from the network's Jacobian.
+        scale (`float`): multiplies the gradient (1 is the Bayes-consistent value).
+        generator: randomness for the Hutchinson probe of ``"jacobian"``.
+    """
+
+    needs_model_graph = True
+
+    def __init__(self, observation: LinearObservation, variance: float | str, scale: float, generator: Any) -> None:
+        self.observation, self.variance, self.scale, self.generator = observation, variance, scale, generator
+
+    def _posterior_variance(self, sde: SDE, x: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        mean_coeff, std = sde.marginal_coeffs(t)
+        sigma2 = (std / mean_coeff) ** 2
+        if self.variance != "jacobian":
+            v = float(self.variance)
+            return v * sigma2 / (v + sigma2)
+        # Hutchinson: E[z^T J z] = trace(P J P) for a Rademacher probe projected on the observed subspace;
+        # J z by differentiating the vector-Jacobian product u -> J^T u once more (double backward).
+        obs = self.observation
+        z = obs.project(_rademacher(tuple(x.shape), self.generator, x.device, x.dtype))
+        u = torch.zeros_like(x0, requires_grad=True)
+        (jt_u,) = torch.autograd.grad(x0, x, grad_outputs=u, create_graph=True)
+        (jz,) = torch.autograd.grad(jt_u, u, grad_outputs=z, retain_graph=True)
+        trace = (z * jz).flatten(1).sum(1)
+        var = std**2 / mean_coeff * trace / obs.num_observed.to(x.dtype)
+        # A probe can come out negative or tiny; keep the estimate between 1e-3 times and the Gaussian bound sigma^2.
+        return var.detach().clamp(1e-3 * sigma2 / (1 + sigma2), sigma2)
+
+    def __call__(self, x, t, score, sde):
+        obs = self.observation
+        x0 = score_to_x0(sde, score, x, t)
+        r2 = self._posterior_variance(sde, x, t, x0)
+        residual = obs.project(obs.observed.to(x0.dtype) - x0)
+        log_lik = -(residual**2).flatten(1).sum(1) / (2 * r2)
+        (grad,) = torch.autograd.grad(log_lik.sum(), x)
+        return self.scale * grad
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The shared pipeline base
+# ---------------------------------------------------------------------------------------------------------
+class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
+    """Base of the inpainting and colorization pipelines: builds the conditioning for a :class:`LinearObservation`."""
+
+    @staticmethod
+    def check_method_inputs(method: object, guidance_scale: object, guidance_variance: object) -> None:
+        """Validate ``method``, ``guidance_scale`` and ``guidance_variance``."""
+        if method not in INVERSE_METHODS:
+            raise ValueError(f"`method` must be one of {INVERSE_METHODS}, got {method!r}.")
+        _check_number("guidance_scale", guidance_scale, 0.0)
+        if guidance_variance != "jacobian":
+            v = _check_number("guidance_variance", guidance_variance)
+            if v <= 0:
+                raise ValueError(f"`guidance_variance` must be positive or 'jacobian', got {guidance_variance!r}.")
+
+    def _replacement_hook(self, observation: LinearObservation) -> Callable:
+        def after_step(sample: torch.Tensor, index: int, generator: Any) -> torch.Tensor:
+            timesteps = self.scheduler.timesteps
+            if index + 1 >= len(timesteps):  # the last step returned clean data
+                return observation.replace(sample, observation.observed.to(sample.dtype))
+            # The sample now sits at the noise level of the next entry of `timesteps` (for a PC scheduler that is the
+            # same level after a corrector call): noise the observation to that level in the scheduler's own scale.
+            noise = randn_tensor(tuple(sample.shape), generator=generator, device=sample.device, dtype=sample.dtype)
+            t_next = timesteps[index + 1].reshape(1).expand(sample.shape[0])
+            noisy = self.scheduler.add_noise(observation.observed.to(sample.dtype), noise, t_next)
+            return observation.replace(sample, noisy)
+
+        return after_step
+
+    def _inverse_conditioning(
+        self,
+        observation: LinearObservation,
+        method: str,
+        guidance_scale: float,
+        guidance_variance: float | str,
+        class_labels: torch.Tensor | None,
+        classifier_scale: float,
+        generator: Any,
+    ) -> Conditioning:
+        terms = self._classifier_terms(class_labels, classifier_scale)
+        if "guidance" in method and guidance_scale > 0:
+            terms.append(ObservationGuidance(observation, guidance_variance, guidance_scale, generator))
+        return Conditioning(
+            class_labels=class_labels if self.num_unet_classes is not None else None,
+            score_terms=terms,
+            after_step=self._replacement_hook(observation) if "replacement" in method else None,
+        )
+
+    def _check_size(self, height: int, width: int, name: str) -> None:
+        _, expected_h, expected_w = self._sample_shape_from_config()
+        if (height, width) != (expected_h, expected_w):
+            raise ValueError(
+                f"`{name}` is {height}x{width} (height x width) but the UNet generates {expected_h}x{expected_w} "
+                "images; resize it first."
+            )
