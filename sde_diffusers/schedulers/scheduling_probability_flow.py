@@ -1,0 +1,217 @@
+"""Deterministic sampling of the probability-flow ODE (VE, VP, sub-VP) with fixed Euler or Heun steps."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import register_to_config
+
+from ..parameterization import check_prediction_type, model_output_to_score, score_to_x0
+from ..sampling.ode import (
+    ode_derivative,
+    ode_euler_step,
+    ode_heun_step,
+    probability_flow_times,
+    sigma_and_scale,
+)
+from ..sde import VESDE, get_sde
+from .scheduling_sde_common import (
+    DDPM_COMPATIBLES,
+    SDESchedulerMixin,
+    SDESchedulerOutput,
+    check_choice,
+    check_int,
+    vp_sde_from_config,
+)
+
+__all__ = ["ProbabilityFlowScheduler"]
+
+_SDE_OF_CLASS = {"VESDEScheduler": "ve", "ScoreSdeVeScheduler": "ve", "SubVPSDEScheduler": "subvp", "VPSDEScheduler": "vp"}
+
+
+class ProbabilityFlowScheduler(SDESchedulerMixin):
+    """Fixed-step Euler or Heun solver of the probability-flow ODE (Song et al., 2021) for Diffusers loops.
+
+    The ODE shares every marginal with the SDE, so it samples the same distribution deterministically, with far
+    fewer network calls than a predictor–corrector sampler. Steps are taken in the scaled variables
+    ``x / m(t)`` against ``sigma = s(t) / m(t)``, where the ODE of every linear SDE reads
+    ``d(x / m) / d sigma = -s(t) score`` (see :mod:`sde_diffusers.sampling.ode`): Euler there is DDIM for VP and
+    the EDM Euler step for VE, Heun is EDM's second-order sampler (Karras et al., 2022). The model is evaluated at
+    ``num_inference_steps`` times from ``T`` to ``sampling_eps``; the last step goes to ``sigma = 0`` (Tweedie's
+    denoiser), as Diffusers' Euler/Heun schedulers end.
+
+    Heun repeats timesteps exactly like ``HeunDiscreteScheduler``: ``timesteps = [t_0, t_1, t_1, ..., t_{n-1},
+    t_{n-1}]`` (``2 n - 1`` entries, the last step is an Euler step), so ``DDPMPipeline``, ``DDIMPipeline`` and a
+    plain ``for t in scheduler.timesteps`` loop run it with one model call per ``step``. Timesteps are in the
+    model's input scale: ``sigma(t)`` (float) for VE, ``t (N - 1)`` for VP/sub-VP.
+
+    The VP defaults equal ``DDPMScheduler``'s, so ``ProbabilityFlowScheduler.from_config(ddpm.config)`` gives the
+    continuous VP SDE of that model (``beta_min = N beta_start``, ``beta_max = N beta_end``); configs of
+    ``VESDEScheduler``/``ScoreSdeVeScheduler`` give VE and ``SubVPSDEScheduler`` sub-VP.
+
+    Args:
+        num_train_timesteps (`int`, defaults to 1000): ``N`` of the SDE (the model's timestep scale for VP/sub-VP).
+        beta_start (`float`, defaults to 1e-4): first DDPM beta (VP/sub-VP).
+        beta_end (`float`, defaults to 0.02): last DDPM beta (VP/sub-VP).
+        beta_schedule (`str`, defaults to `"linear"`): only `"linear"` has a continuous counterpart.
+        prediction_type (`str`, *optional*): `"epsilon"`, `"v_prediction"`, `"sample"` or `"score"`; defaults to
+            `"score"` for VE and `"epsilon"` for VP/sub-VP.
+        sde_type (`str`, defaults to `"vp"`): `"ve"`, `"vp"` or `"subvp"`.
+        sigma_min (`float`, defaults to 0.01): smallest noise level (VE).
+        sigma_max (`float`, defaults to 50.0): largest noise level (VE); the loop starts from ``N(0, sigma_max^2)``.
+        solver (`str`, defaults to `"heun"`): `"euler"` (``n`` model calls) or `"heun"` (``2 n - 1``).
+        spacing (`str`, defaults to `"uniform"`): `"uniform"` in ``t`` or `"karras"` (uniform in
+            ``sigma^(1/rho)``, ``sigma = s / m``).
+        rho (`float`, defaults to 7.0): exponent of the Karras spacing.
+        sampling_eps (`float`, defaults to 1e-3): the last time at which the model is evaluated.
+    """
+
+    _compatibles = DDPM_COMPATIBLES + [
+        "VPSDEScheduler",
+        "SubVPSDEScheduler",
+        "VESDEScheduler",
+        "ScoreSdeVpScheduler",
+        "ScoreSdeVeScheduler",
+    ]
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        prediction_type: str | None = None,
+        sde_type: str = "vp",
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        solver: str = "heun",
+        spacing: str = "uniform",
+        rho: float = 7.0,
+        sampling_eps: float = 1e-3,
+    ) -> None:
+        sde_key = str(sde_type).lower().replace("-", "").replace("_", "")
+        check_choice("sde_type", sde_key, ("ve", "vp", "subvp"))
+        n = check_int("num_train_timesteps", num_train_timesteps, 2)
+        if sde_key == "ve":
+            self.sde = VESDE(sigma_min=sigma_min, sigma_max=sigma_max, N=n)
+        else:
+            self.sde = vp_sde_from_config(type(get_sde(sde_key)), n, beta_start, beta_end, beta_schedule)
+        if prediction_type is None:
+            prediction_type = "score" if sde_key == "ve" else "epsilon"
+            self.register_to_config(prediction_type=prediction_type)
+        check_prediction_type(prediction_type)
+        check_choice("solver", solver, ("euler", "heun"))
+        check_choice("spacing", spacing, ("uniform", "karras"))
+        if not isinstance(rho, (int, float)) or isinstance(rho, bool) or not rho > 0:
+            raise ValueError(f"rho must be a positive number, got {rho!r}")
+        if not isinstance(sampling_eps, (int, float)) or isinstance(sampling_eps, bool) or not 0 < sampling_eps < self.sde.T:
+            raise ValueError(f"sampling_eps must lie in (0, {self.sde.T}), got {sampling_eps!r}")
+        self.timesteps = torch.empty(0)
+        self.num_inference_steps: int | None = None
+        self._kinds: list[str] | None = None
+        self._step_index = None
+        self._heun_state: tuple[torch.Tensor, ...] | None = None
+
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """Like ``ConfigMixin.from_config``, recognising the SDE of our other schedulers and Diffusers' score-SDE ones.
+
+        ``VESDEScheduler``/``ScoreSdeVeScheduler`` configs give ``sde_type="ve"``, a saved ``SubVPSDEScheduler``
+        config gives ``"subvp"`` (an in-memory ``scheduler.config`` has no class name and reads as VP: pass
+        ``sde_type="subvp"``); ``ScoreSdeVpScheduler``'s ``beta_min``/``beta_max`` become ``N beta_start``/``N beta_end``.
+        """
+        config = dict(config or {})
+        explicit = set(config) - set(config.get("_use_default_values", []))
+        if "sde_type" not in explicit:
+            if config.get("_class_name") in _SDE_OF_CLASS:  # a saved config
+                kwargs.setdefault("sde_type", _SDE_OF_CLASS[config["_class_name"]])
+            elif "sigma_max" in config and not {"beta_start", "beta_min"} & set(config):  # an in-memory VE config
+                kwargs.setdefault("sde_type", "ve")
+        n = config.get("num_train_timesteps", 1000)
+        for src, dst in (("beta_min", "beta_start"), ("beta_max", "beta_end")):
+            if src in explicit and dst not in config:
+                kwargs.setdefault(dst, config[src] / n)
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    @property
+    def order(self) -> int:
+        """2 for Heun (two model calls per step), 1 for Euler; Diffusers pipelines read it."""
+        return 2 if self.config.solver == "heun" else 1
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Build the evaluation times and ``timesteps`` (repeated for Heun's second stage).
+
+        Args:
+            num_inference_steps (`int`): number of distinct times ``n`` at which the model is evaluated.
+            device (`str` or `torch.device`, optional): where to put ``timesteps``.
+        """
+        n = check_int("num_inference_steps", num_inference_steps)
+        grid = probability_flow_times(
+            self.sde, n, spacing=self.config.spacing, eps=self.config.sampling_eps, rho=self.config.rho
+        )
+        if self.config.solver == "heun":
+            # stage 1 at t_i, then stage 2 at t_{i+1}; the last step (to sigma = 0) has no second stage
+            times = torch.cat([grid[:1], grid[1:].repeat_interleave(2)])
+            kinds = ["first"] + ["second", "first"] * (n - 1)
+        else:
+            times, kinds = grid, ["first"] * n
+        self.num_inference_steps = n
+        self._kinds = kinds
+        self._times = times
+        self.timesteps = self.model_timesteps(times).to(device=device, dtype=torch.float32)
+        self._timesteps_host = self.timesteps.cpu()
+        self._times_cache: dict = {}
+        self._step_index = None
+        self._heun_state = None
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> SDESchedulerOutput | tuple:
+        """One Euler step, or one stage of a Heun step, of the probability-flow ODE.
+
+        Args:
+            model_output (`torch.Tensor`): the network output at ``(sample, timestep)``.
+            timestep (`torch.Tensor` or `float`): the current entry of ``timesteps``.
+            sample (`torch.Tensor`): the current sample (for Heun's second stage: the previous ``prev_sample``).
+            generator: unused (the ODE is deterministic); accepted for Diffusers pipelines.
+            return_dict (`bool`, defaults to `True`): return an :class:`SDESchedulerOutput` or a tuple.
+            **kwargs: ignored (``DDIMPipeline`` passes ``eta`` and ``use_clipped_model_output``).
+
+        Returns:
+            :class:`SDESchedulerOutput` (``prev_sample_mean`` equals ``prev_sample``) or
+            ``(prev_sample, prev_sample_mean)``.
+        """
+        if getattr(self, "_kinds", None) is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step()")
+        self._check_step_inputs(model_output, sample)
+        index = self._resolve_index(timestep)
+        b = sample.shape[0]
+        t = self._time_at(index, sample).expand(b)
+        score = model_output_to_score(self.sde, model_output, sample, t, self.config.prediction_type)
+        derivative = ode_derivative(self.sde, sample, t, score)
+        if self._kinds[index] == "first":
+            sigma, scale = sigma_and_scale(self.sde, t)
+            if index + 1 < len(self._kinds):
+                sigma_next, scale_next = sigma_and_scale(self.sde, self._time_at(index + 1, sample).expand(b))
+            else:  # the last step lands on sigma = 0, where m = 1
+                sigma_next, scale_next = torch.zeros_like(sigma), torch.ones_like(scale)
+            prev_sample = ode_euler_step(sample, derivative, sigma, sigma_next, scale, scale_next)
+            if self.config.solver == "heun" and index + 1 < len(self._kinds):
+                self._heun_state = (sample, derivative, sigma, sigma_next, scale, scale_next)
+        else:
+            if self._heun_state is None:
+                raise ValueError("Heun's second stage needs the first: run the loop from the first timestep")
+            x, d, sigma, sigma_next, scale, scale_next = self._heun_state
+            prev_sample = ode_heun_step(x, d, derivative, sigma, sigma_next, scale, scale_next)
+            self._heun_state = None
+        self._step_index = index + 1
+        x0 = score_to_x0(self.sde, score, sample, t)
+        if not return_dict:
+            return prev_sample, prev_sample
+        return SDESchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_sample, pred_original_sample=x0)
