@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from sde_diffusers.sampling.soft import SOFT_SAMPLERS
 from sde_diffusers.schedulers.scheduling_soft_diffusion import SoftDiffusionScheduler
@@ -179,7 +180,10 @@ class SoftDiffusionPipelineBase(SDEDiffusionPipeline):
         """The pipeline's scheduler, or a copy of it with another sampler (the pipeline's own is left as it is)."""
         if sampler is None or sampler == self.scheduler.config.sampler:
             return self.scheduler
-        return SoftDiffusionScheduler.from_config(self.scheduler.config, sampler=sampler)
+        # Without `_use_default_values`: `from_config` drops the keys listed there, and `set_prior` fills
+        # `prior_mean` / `prior_cov` after construction without taking them off that list.
+        config = {k: v for k, v in self.scheduler.config.items() if k != "_use_default_values"}
+        return SoftDiffusionScheduler.from_config(config, sampler=sampler)
 
     def _prepare_reference(self, reference_images: object, channels: int) -> torch.Tensor | None:
         if reference_images is None:
@@ -221,13 +225,15 @@ class SoftDiffusionPipelineBase(SDEDiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None,
         reference: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
+        condition_start: Callable[[torch.Tensor, SoftDiffusionScheduler], torch.Tensor] | None = None,
         condition_estimate: Callable[[torch.Tensor], torch.Tensor] | None = None,
         callback_on_step_end: StepCallback | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> tuple[torch.Tensor, int]:
         """Walk the corruption levels back from the most corrupted one; return ``(x0, nfe)`` in ``[-1, 1]``.
 
-        ``condition_estimate(x0_hat) -> x0_hat`` (inpainting) modifies each clean estimate before the step.
+        Conditioning hooks (inpainting): ``condition_start(x_1, scheduler) -> x_1`` modifies the drawn starting
+        sample (not given ``latents``), ``condition_estimate(x0_hat) -> x0_hat`` each clean estimate before its step.
         """
         device, dtype = self._execution_device, self.unet.dtype
         scheduler.set_timesteps(num_inference_steps, device=device)
@@ -235,6 +241,8 @@ class SoftDiffusionPipelineBase(SDEDiffusionPipeline):
         if latents is None:
             ref = None if reference is None else reference.to(device=device, dtype=dtype)
             x = scheduler.initial_sample(shape, reference=ref, generator=generator, device=device, dtype=dtype)
+            if condition_start is not None:
+                x = condition_start(x, scheduler)
         else:
             # Already a draw from the most corrupted level: no init_noise_sigma scaling (see the scheduler).
             x = latents.to(device=device, dtype=dtype)
@@ -389,6 +397,19 @@ class SoftDiffusionInpaintPipeline(SoftDiffusionPipelineBase):
     steps), and the network sees samples consistent with it. The last step returns the conditioned estimate, and the
     known pixels of the output are then set to the input exactly.
 
+    The start matters as much. The most corrupted level keeps only an image's mean colour, and the sampler barely
+    moves the lowest frequencies afterwards (the network's estimate reproduces the sample's mean colour), so an
+    unconditional start would leave the repainted region to *compensate* for the observation's colour. The start
+    is therefore the most corrupted level of the observation completed with a colour from the unconditional start,
+    ``C_1 (m * c + (1 - m) * y) + s_1 eta``.
+
+    With an exact denoiser it is still an approximation: the unknown pixels of the estimate are ``E[x_0 | x_t]``, not
+    ``E[x_0 | x_t, y]`` (the correlation between known and unknown pixels under the posterior is ignored, as in
+    score-SDE replacement and DDNM). On Gaussian 8x8 data with a closed-form conditional (left half repainted, 50
+    steps), the repainted pixels' mean lands 16-90 % (median 45 %) as far from the exact conditional mean as the
+    unconditional mean is, with about 0.8 of the conditional variance; without the conditioned start, it was
+    sometimes farther than the unconditional mean.
+
     Args:
         unet: the ``x_0``-predicting network (see [`SoftDiffusionPipelineBase`]).
         scheduler ([`SoftDiffusionScheduler`]): its corruption schedule (with the colour prior, or pass
@@ -476,6 +497,14 @@ class SoftDiffusionInpaintPipeline(SoftDiffusionPipelineBase):
         observed = self.from_unit_range(pixels).to(dtype)
         repaint_net = repaint.to(dtype)
 
+        def condition_start(x1: torch.Tensor, scheduler: SoftDiffusionScheduler) -> torch.Tensor:
+            # Blurring a draw of the most corrupted level again leaves its flat colour; the start is the most
+            # corrupted level of the observation completed with that colour: C_1 (m c + (1 - m) y) + s_1 eta.
+            colour = scheduler.corruption.blur(x1, torch.ones(batch, device=device, dtype=x1.dtype))
+            filled = repaint_net * colour + (1 - repaint_net) * observed
+            noise = randn_tensor(shape, generator=generator, device=device, dtype=x1.dtype)
+            return scheduler.add_noise(filled, noise, scheduler.config.num_train_timesteps - 1)
+
         def condition_estimate(x0_hat: torch.Tensor) -> torch.Tensor:
             # E[x_0 | x_t, y]: the observation where it is known, the model's estimate elsewhere.
             return repaint_net * x0_hat + (1 - repaint_net) * observed
@@ -487,6 +516,7 @@ class SoftDiffusionInpaintPipeline(SoftDiffusionPipelineBase):
             generator=generator,
             reference=reference,
             latents=latents,
+            condition_start=condition_start,
             condition_estimate=condition_estimate,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
