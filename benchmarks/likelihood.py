@@ -113,7 +113,7 @@ def train_quickly(model, sde, images, steps, batch_size, lr, device, seed):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.eval()
     return losses
 
@@ -167,6 +167,22 @@ def unit_cost(score_fn, sde, x, probe, device, repeats):
     return statistics.median(times)
 
 
+def count_host_syncs(device, fn):
+    """Implicit host-device synchronisations during ``fn()`` (CUDA's sync debug mode), and its result."""
+    if device.type != "cuda":
+        return None
+    import warnings
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = fn()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught), out
+
+
 def timed(fn, device):
     sync(device)
     start = time.perf_counter()
@@ -188,10 +204,14 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: the machine is shared)")
     parser.add_argument("--unit-repeats", type=int, default=20)
+    parser.add_argument("--allow-tf32", action="store_true",
+                        help="allow TF32 on CUDA (off by default: its ~1e-3 rounding is far above rtol = 1e-5)")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    torch.backends.cuda.matmul.allow_tf32 = args.allow_tf32
+    torch.backends.cudnn.allow_tf32 = args.allow_tf32
 
     model, score_fn, sde, model_info = load_model(args, device)
     model.requires_grad_(False)  # only input gradients are needed, for every method alike
@@ -244,6 +264,12 @@ def main(argv=None) -> int:
             bpd, nfe, seconds = ours(method=method, rtol=tol, atol=tol)
             record(f"ours {method} {tol:g}", bpd, nfe, seconds, method=method, tol=tol, step_control="per_sample")
 
+    syncs = count_host_syncs(device, lambda: ours(method="dopri5", rtol=1e-5, atol=1e-5))
+    syncs_ref = count_host_syncs(device, lambda: reference_likelihood(score_fn, sde, x, probe, offset_bits, rtol=1e-3, atol=1e-3))
+    if syncs is not None:
+        print(f"host synchronisations during one solve: ours {syncs[0]} for {syncs[1][1]} evaluations; "
+              f"reference {syncs_ref[0]} for {syncs_ref[1][1]} evaluations (at 1e-3)")
+
     ref = rows[0]
     tight = float(tight_bpd.mean())
     for row in rows:
@@ -263,6 +289,8 @@ def main(argv=None) -> int:
         "a_per_sample_default_delta_bpd": equal_default["delta_bpd_vs_reference"],
         "a_per_sample_default_speedup": equal_default["speedup_vs_reference"],
         "reference_time_over_nfe_unit": ref["seconds_per_nfe_unit"],
+        "host_syncs_per_solve": None if syncs is None else {"ours": syncs[0], "ours_nfe": syncs[1][1],
+                                                             "reference": syncs_ref[0], "reference_nfe": syncs_ref[1][1]},
         "b_fastest_within_0.01": fastest["name"] if fastest else None,
         "b_delta_bpd_vs_tight": fastest["delta_bpd_vs_tight"] if fastest else None,
         "b_speedup_vs_reference": fastest["speedup_vs_reference"] if fastest else None,

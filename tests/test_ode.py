@@ -43,6 +43,9 @@ def _one_thread():
 RATES = torch.tensor([-3.0, -1.0, 0.0, 0.5, 2.0], dtype=torch.float64)
 
 
+MIX_8 = GaussianMixture.gaussian(torch.zeros(8), 0.5)
+
+
 def linear_fn(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """dy/dt = r_i cos(t) y, solved by y0 exp(r_i sin t); each sample has its own rate."""
     return RATES[:, None] * torch.cos(t)[:, None] * y
@@ -137,6 +140,29 @@ def test_lagged_termination_flag_costs_one_evaluation(monkeypatch):
     b = sample_adaptive_sde(mix.score_fn(sde), sde, generator=torch.Generator().manual_seed(0), **kw)
     torch.testing.assert_close(a.sample, b.sample, rtol=0, atol=0)
     assert a.nfe == b.nfe + 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_solve_does_not_synchronise_per_step():
+    """On CUDA the controller never reads device values: only the input check synchronises, not the steps."""
+    import warnings
+
+    y0 = torch.ones(5, 3, dtype=torch.float64)
+    cpu = odeint(linear_fn, y0, 0.0, 2.0, rtol=1e-6, atol=1e-6)
+    rates = RATES.cuda()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            sol = odeint(lambda t, y: rates[:, None] * torch.cos(t)[:, None] * y, y0.cuda(), 0.0, 2.0, rtol=1e-6, atol=1e-6)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = sum("synchroniz" in str(w.message) for w in caught)
+    assert syncs <= 2 < int(cpu.num_steps.max())
+    assert sol.nfe == cpu.nfe + 1  # the lagged 'finished' flag costs one evaluation
+    torch.testing.assert_close(sol.y.cpu(), cpu.y, rtol=1e-10, atol=1e-10)
+    out = sample_adaptive_sde(MIX_8.score_fn(VPSDE()), VPSDE(), shape=(64, 8), device="cuda", rtol=0.05)
+    assert out.sample.is_cuda and torch.isfinite(out.sample).all()
 
 
 @pytest.mark.parametrize("method,order", [("euler", 1), ("heun", 2), ("rk4", 4)])
