@@ -192,7 +192,7 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
         )
         labels = self._expand_labels(labels, batch, device)
         cond = self._inverse_conditioning(
-            observation, method, float(guidance_scale), guidance_variance, labels, float(classifier_scale), generator
+            observation, method, float(guidance_scale), guidance_variance, labels, float(classifier_scale)
         )
         x, nfe = self._sample(
             (batch, 3, *grey.shape[2:]),

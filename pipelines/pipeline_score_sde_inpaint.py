@@ -82,7 +82,7 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
             guidance_scale (`float`, defaults to 1.0): weight of the likelihood gradient (guidance methods).
             guidance_variance (`float` or `"jacobian"`, defaults to `"jacobian"`): per-pixel prior variance ``v`` of
                 the data in the network's ``[-1, 1]`` range for ``r_t^2 = v sigma^2 / (v + sigma^2)``, or
-                `"jacobian"` to estimate ``r_t^2`` from the network (two backward passes per evaluation).
+                `"jacobian"` to take ``r_t^2`` from the network's Jacobian (two backward passes per evaluation).
             mask_threshold (`float`, *optional*): binarise a soft mask: repaint where ``mask >= mask_threshold``
                 (mask in ``[0, 1]``). Without it, a mask with values other than 0 and 1 is an error.
             class_labels, classifier_scale: class conditioning, as in [`ScoreSdePipeline`].
@@ -122,7 +122,7 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
         )
         labels = self._expand_labels(labels, batch, device)
         cond = self._inverse_conditioning(
-            observation, method, float(guidance_scale), guidance_variance, labels, float(classifier_scale), generator
+            observation, method, float(guidance_scale), guidance_variance, labels, float(classifier_scale)
         )
         x, nfe = self._sample(
             shape,
