@@ -57,6 +57,7 @@ __all__ = [
     "dequantization_offset_bits",
     "sde_from_scheduler_config",
     "resolve_score_fn",
+    "default_prediction_type",
 ]
 
 TRACE_ESTIMATORS = ("rademacher", "gaussian", "exact")
@@ -126,6 +127,18 @@ def sde_from_scheduler_config(config: Mapping | object) -> SDE:
     )
 
 
+def default_prediction_type(model: object, sde: SDE, scheduler_config: Mapping | object | None = None) -> str:
+    """What a network outputs when the caller does not say: the model's own ``prediction_type`` attribute (our
+    NCSN++/DDPM++ models declare it), else the scheduler config's, else ``"score"`` for VE, ``"epsilon"`` otherwise."""
+    declared = getattr(model, "prediction_type", None)
+    if isinstance(declared, str):
+        return declared
+    cfg = getattr(scheduler_config, "config", scheduler_config)
+    if isinstance(cfg, Mapping) and isinstance(cfg.get("prediction_type"), str):
+        return cfg["prediction_type"]
+    return "score" if isinstance(sde, VESDE) else "epsilon"
+
+
 def resolve_score_fn(
     model: torch.nn.Module | ScoreFn,
     sde: SDE | None = None,
@@ -143,11 +156,13 @@ def resolve_score_fn(
         sde (`SDE`, optional): the forward process; built from ``scheduler_config`` when omitted.
         scheduler_config: the model's scheduler or its config (see :func:`sde_from_scheduler_config`); also
             supplies the default ``prediction_type``.
-        prediction_type (`str`, optional): what the network predicts; defaults to the scheduler config's, else
+        prediction_type (`str`, optional): what the network predicts; defaults to the model's own
+            ``prediction_type`` attribute (our NCSN++/DDPM++ models declare it), then the scheduler config's, else
             ``"score"`` for VE and ``"epsilon"`` for VP/sub-VP. Must be omitted (or ``"score"``) for a plain
             ``score_fn``.
         time_input (`str`, defaults to `"auto"`): the network's timestep scale (see
-            :func:`~sde_diffusers.parameterization.model_time`): sigma for VE, ``t (N - 1)`` for VP/sub-VP.
+            :func:`~sde_diffusers.parameterization.model_time`); ``"auto"`` takes the model's ``time_input``
+            attribute if it has one, else sigma for VE and ``t (N - 1)`` for VP/sub-VP.
         model_kwargs (`dict`, optional): extra arguments of every network call (e.g. ``class_labels``).
     """
     if sde is None:
@@ -157,12 +172,11 @@ def resolve_score_fn(
     elif not isinstance(sde, SDE):
         raise TypeError(f"sde must be an SDE (VESDE, VPSDE or SubVPSDE), got {type(sde).__name__}")
     if isinstance(model, torch.nn.Module):
-        if prediction_type is None and scheduler_config is not None:
-            cfg = getattr(scheduler_config, "config", scheduler_config)
-            prediction_type = cfg.get("prediction_type") if isinstance(cfg, Mapping) else None
         if prediction_type is None:
-            prediction_type = "score" if isinstance(sde, VESDE) else "epsilon"
+            prediction_type = default_prediction_type(model, sde, scheduler_config)
         check_prediction_type(prediction_type)
+        if time_input == "auto" and isinstance(getattr(model, "time_input", None), str):
+            time_input = model.time_input
         return make_score_fn(model, sde, prediction_type, time_input, **(model_kwargs or {})), sde
     if callable(model):
         if prediction_type not in (None, "score"):

@@ -175,7 +175,7 @@ def load_images(data: str, split: str, root: str | None, channels: int | None) -
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from sde_diffusers.likelihood import log_likelihood, sde_from_scheduler_config
+    from sde_diffusers.likelihood import default_prediction_type, log_likelihood, sde_from_scheduler_config
 
     for name in ("batch_size", "num_dequant", "num_probes"):
         if getattr(args, name) < 1:
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     if not config and args.sde is None:
         raise ValueError(f"{args.model_dir!r} has no scheduler config: pass --sde ve|vp|subvp")
     sde = scheduler.sde if hasattr(scheduler, "sde") else sde_from_scheduler_config(config)
-    prediction_type = args.prediction_type or config.get("prediction_type")
+    prediction_type = args.prediction_type or default_prediction_type(model, sde, config)
     model = model.to(device).eval()
 
     channels, size = _model_geometry(model)
