@@ -89,12 +89,13 @@ class Settings:
     num_train_timesteps: int = 1000
     seed: int = 0
     mixed_precision: str = "bf16"
+    max_train_seconds: float | None = None
 
 
 QUICK = dict(
     image_size=16,
     preset="ddpmpp-tiny",
-    steps=1500,
+    steps=2000,
     batch_size=64,
     lr=2e-3,
     warmup=100,
@@ -107,7 +108,7 @@ QUICK = dict(
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="CPU setting: 16x16, tiny model, 1500 steps, 256 samples")
+    parser.add_argument("--quick", action="store_true", help="CPU setting: 16x16, tiny model, 2000 steps, 256 samples")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
                         help="output folder (default: benchmarks/results)")
@@ -131,6 +132,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
                         help="Soft Score Matching weighting: score = 1 / s_t^2 (DSM of the implied score), uniform = 1")
     parser.add_argument("--mixed-precision", choices=("no", "bf16"), default=None,
                         help="bf16 autocast for the training forward pass (CUDA; default bf16 there)")
+    parser.add_argument("--max-train-seconds", type=float, default=None,
+                        help="cap on the first (soft) model's training time; the Gaussian model then gets exactly as\n"
+                             "many steps, so the budgets stay equal (for a fixed-length GPU lease)")
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
 
@@ -140,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": args.ema_decay,
         "num_samples": args.num_samples, "sample_batch": args.sample_batch, "nfe": args.nfe,
         "samplers": args.samplers, "soft_schedule": args.soft_schedule, "soft_weighting": args.soft_weighting, "mixed_precision": args.mixed_precision,
-        "seed": args.seed,
+        "seed": args.seed, "max_train_seconds": args.max_train_seconds,
     }
     for key, value in overrides.items():
         if value is not None:
@@ -243,27 +247,33 @@ def train(
     *,
     seed: int,
     label: str,
+    steps: int | None = None,
+    max_seconds: float | None = None,
 ) -> tuple[torch.nn.Module, dict]:
     """Train ``model`` with ``loss_fn(forward, x0, generator)``; return the EMA model and a training record.
 
     AdamW with linear warm-up and gradient clipping, EMA through ``diffusers.training_utils.EMAModel``
     (Song et al.'s warm-up ``min(decay, (1 + n) / (10 + n))``), batches drawn with a seeded generator on
-    ``device`` from the data tensor already there (no data-loader overhead).
+    ``device`` from the data tensor already there (no data-loader overhead). Runs ``steps`` (default
+    ``settings.steps``) steps, or stops at the first log line past ``max_seconds``; ``record["steps"]`` says how
+    many ran, so the other model can be given exactly as many.
     """
+    steps = settings.steps if steps is None else steps
     from diffusers.training_utils import EMAModel
 
     model = model.to(device).train()
     forward = autocast_model(model, device, settings.mixed_precision)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
-    warmup = max(1, min(settings.warmup, settings.steps // 5))
+    warmup = max(1, min(settings.warmup, steps // 5))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
     ema = EMAModel(model.parameters(), decay=settings.ema_decay, foreach=device.startswith("cuda"))
     gen = torch.Generator(device=device).manual_seed(seed)
-    losses, log_every = [], max(1, settings.steps // 10)
+    losses, log_every = [], max(1, min(settings.steps // 10, 250))
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     sync()
     start = time.perf_counter()
-    for step in range(settings.steps):
+    done = 0
+    for step in range(steps):
         idx = torch.randint(data.shape[0], (settings.batch_size,), generator=gen, device=device)
         loss = loss_fn(forward, data[idx], gen)
         optimizer.zero_grad(set_to_none=True)
@@ -272,19 +282,24 @@ def train(
         optimizer.step()
         scheduler.step()
         ema.step(model.parameters())
-        if (step + 1) % log_every == 0 or step == settings.steps - 1:
+        done = step + 1
+        if done % log_every == 0 or done == steps:
             value = float(loss.detach())  # one host sync per log line, not per step
-            losses.append((step + 1, value))
-            print(f"  [{label}] step {step + 1:>6}/{settings.steps}  loss {value:.4f}  "
-                  f"{time.perf_counter() - start:7.1f} s", flush=True)
+            losses.append((done, value))
+            elapsed = time.perf_counter() - start
+            print(f"  [{label}] step {done:>6}/{steps}  loss {value:.4f}  {elapsed:7.1f} s", flush=True)
+            if max_seconds is not None and elapsed > max_seconds and done < steps:
+                print(f"  [{label}] stopping at step {done}: past --max-train-seconds {max_seconds}", flush=True)
+                break
     sync()
     seconds = time.perf_counter() - start
     ema_model = copy.deepcopy(model)
     ema.copy_to(ema_model.parameters())
     ema_model.eval().requires_grad_(False)
     record = {
+        "steps": done,
         "train_seconds": round(seconds, 2),
-        "ms_per_step": round(1000 * seconds / settings.steps, 3),
+        "ms_per_step": round(1000 * seconds / done, 3),
         "final_loss": losses[-1][1],
         "loss_curve": losses,
         "num_parameters": sum(p.numel() for p in model.parameters()),
@@ -463,9 +478,11 @@ def main(argv: list[str] | None = None) -> dict:
     for label, loss_fn in (("soft", soft_loss), ("gaussian", gaussian_loss)):
         if label not in labels:
             continue
-        print(f"training the {label} model ({settings.steps} steps, batch {settings.batch_size})", flush=True)
+        steps = min(record["steps"] for record in training.values()) if training else settings.steps
+        print(f"training the {label} model ({steps} steps, batch {settings.batch_size})", flush=True)
         models[label], training[label] = train(
-            build_model(settings, settings.seed), loss_fn, data, settings, device, seed=settings.seed + 1, label=label
+            build_model(settings, settings.seed), loss_fn, data, settings, device, seed=settings.seed + 1,
+            label=label, steps=steps, max_seconds=None if training else settings.max_train_seconds,
         )
 
     # ---- sampling and FID -----------------------------------------------------------------------------------
@@ -481,6 +498,58 @@ def main(argv: list[str] | None = None) -> dict:
     }
     results: dict[str, dict] = {}
     finals: dict[str, torch.Tensor] = {}
+    stem = os.path.join(args.out, args.name)
+    date = datetime.date.today().isoformat()
+    device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu"
+    steps_done = min(record["steps"] for record in training.values())
+    title = (f"MNIST {settings.image_size}px, {settings.preset}, {steps_done} steps x {settings.batch_size}, "
+             f"{settings.num_samples} samples; {device_name}, {date}")
+
+    def write_outputs() -> dict:
+        # Called after every sampler, so that a run cut short still leaves its numbers behind.
+        record = {
+            "command": command,
+            "date": date,
+            "device": device,
+            "device_name": device_name,
+            "cpu_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "settings": asdict(settings),
+            "data": {
+                "train": f"MNIST test-set images 0..7999 ({len(data)}), {settings.image_size}x{settings.image_size}",
+                "reference": f"MNIST test-set images 8000..9999 ({len(test01)})",
+                "metric": "Frechet distance of the shipped MNIST classifier's 128-d features (domain FID)",
+            },
+            "data_floor_fid": round(floor, 4),
+            "soft_scheduler": {
+                "schedule": settings.soft_schedule,
+                "weighting": settings.soft_weighting,
+                "blur_sigma_range": [float(soft_scheduler.corruption.blur_sigmas[0]),
+                                     float(soft_scheduler.corruption.blur_sigmas[-1])],
+                "noise_std_range": [float(soft_scheduler.corruption.noise_stds[0]),
+                                    float(soft_scheduler.corruption.noise_stds[-1])],
+            },
+            "gaussian_sde": "VP, beta_min 0.1, beta_max 20 (DDPM linear betas 1e-4 .. 0.02, N = 1000)",
+            "training": training,
+            "results": results,
+            "best_sampler_at_max_nfe": {},
+            "complete": len(finals) == len(settings.samplers),
+            "wall_seconds": round(time.perf_counter() - wall, 1),
+        }
+        for label in ("soft", "gaussian"):
+            candidates = [s for s in finals if s.startswith("soft") == (label == "soft")]
+            if candidates:
+                top = min(candidates, key=lambda s: results[s][str(settings.nfe[-1])]["fid"])
+                record["best_sampler_at_max_nfe"][label] = top
+                save_grid(finals[top], f"{stem}_samples_{label}.png")
+        with open(f"{stem}.json", "w", encoding="utf-8") as fh:
+            json.dump(record, fh, indent=2)
+        with open(f"{stem}.md", "w", encoding="utf-8") as fh:
+            fh.write(f"Domain FID (lower is better) against NFE; {title}.\n\n"
+                     f"{format_table(results, settings, floor)}\n\nCommand: `{command}`\n")
+        plot(results, settings, floor, f"{stem}.png", title)
+        return record
+
     for sampler in settings.samplers:
         run = factories[sampler]()
         results[sampler] = {}
@@ -491,55 +560,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"  {sampler:<19} NFE {used:>4}  FID {score:9.3f}  ({seconds:.1f} s)", flush=True)
             if n == settings.nfe[-1]:
                 finals[sampler] = images
+        record = write_outputs()
 
-    # ---- outputs --------------------------------------------------------------------------------------------
-    stem = os.path.join(args.out, args.name)
-    best = {}
-    for label in ("soft", "gaussian"):
-        candidates = [s for s in finals if s.startswith("soft") == (label == "soft")]
-        if candidates:
-            top = min(candidates, key=lambda s: results[s][str(settings.nfe[-1])]["fid"])
-            best[label] = top
-            save_grid(finals[top], f"{stem}_samples_{label}.png")
-    table = format_table(results, settings, floor)
-    date = datetime.date.today().isoformat()
-    device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu"
-    threads = torch.get_num_threads()
-    title = (f"MNIST {settings.image_size}px, {settings.preset}, {settings.steps} steps x {settings.batch_size}, "
-             f"{settings.num_samples} samples; {device_name}, {date}")
-    plot(results, settings, floor, f"{stem}.png", title)
-    record = {
-        "command": command,
-        "date": date,
-        "device": device,
-        "device_name": device_name,
-        "cpu_threads": threads,
-        "torch": torch.__version__,
-        "settings": asdict(settings),
-        "data": {
-            "train": f"MNIST test-set images 0..7999 ({len(data)}), {settings.image_size}x{settings.image_size}",
-            "reference": f"MNIST test-set images 8000..9999 ({len(test01)})",
-            "metric": "Frechet distance of the shipped MNIST classifier's 128-d features (domain FID)",
-        },
-        "data_floor_fid": round(floor, 4),
-        "soft_scheduler": {
-            "schedule": settings.soft_schedule,
-            "blur_sigma_range": [float(soft_scheduler.corruption.blur_sigmas[0]),
-                                 float(soft_scheduler.corruption.blur_sigmas[-1])],
-            "noise_std_range": [float(soft_scheduler.corruption.noise_stds[0]),
-                                float(soft_scheduler.corruption.noise_stds[-1])],
-        },
-        "gaussian_sde": "VP, beta_min 0.1, beta_max 20 (DDPM linear betas 1e-4 .. 0.02, N = 1000)",
-        "training": training,
-        "results": results,
-        "best_sampler_at_max_nfe": best,
-        "wall_seconds": round(time.perf_counter() - wall, 1),
-    }
-    with open(f"{stem}.json", "w", encoding="utf-8") as fh:
-        json.dump(record, fh, indent=2)
-    with open(f"{stem}.md", "w", encoding="utf-8") as fh:
-        fh.write(f"Domain FID (lower is better) against NFE; {title}.\n\n{table}\n\nCommand: `{command}`\n")
-    print("\n" + table)
+    print("\n" + format_table(results, settings, floor))
     print(f"\nwall time {record['wall_seconds']:.0f} s; wrote {stem}.json, .md, .png, _samples_*.png")
     if any(not math.isfinite(row["fid"]) for rows in results.values() for row in rows.values()):
         print("warning: some FIDs are not finite", file=sys.stderr)
