@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from diffusers import DDIMScheduler
 
 from sde_diffusers import ExactScoreModel, GaussianMixture, VESDEScheduler, VPSDEScheduler
 from sde_diffusers.pipelines import (
@@ -134,9 +135,11 @@ def colorization_problems() -> list[Problem]:
 SCHEDULERS = {
     "VE PC (reverse diffusion + Langevin)": lambda: VESDEScheduler(sigma_max=10.0, snr=0.16, langevin_per_sample=True),
     "VP Euler-Maruyama": lambda: VPSDEScheduler(),
+    "VP DDIM (Diffusers, eta = 0)": lambda: DDIMScheduler(),
 }
 SDE_TYPES = {"VE PC (reverse diffusion + Langevin)": ("ve", {"sigma_max": 10.0}, "score"),
-             "VP Euler-Maruyama": ("vp", {}, "epsilon")}
+             "VP Euler-Maruyama": ("vp", {}, "epsilon"),
+             "VP DDIM (Diffusers, eta = 0)": ("vp", {}, "epsilon")}
 METHODS = {
     "replacement (paper)": dict(method="replacement"),
     "guidance, v = 1 (Pi-GDM)": dict(method="guidance", guidance_variance=1.0),

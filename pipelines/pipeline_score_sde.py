@@ -44,7 +44,7 @@ from sde_diffusers.parameterization import (
     score_to_model_output,
 )
 from sde_diffusers.schedulers.scheduling_sde_common import vp_sde_from_config
-from sde_diffusers.sde import SDE, VPSDE
+from sde_diffusers.sde import SDE, VESDE, VPSDE
 
 from .pipeline_utils import SDEDiffusionPipeline
 
@@ -56,9 +56,13 @@ __all__ = [
     "ScoreTerm",
     "Conditioning",
     "OUTPUT_TYPES",
+    "SAMPLERS",
 ]
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+# "scheduler": the loop over `scheduler.timesteps`; the others: the adaptive solvers of `sde_diffusers.sampling`
+# (probability-flow ODE, RK45 by default; reverse SDE of Jolicoeur-Martineau et al. 2021) on the same score.
+SAMPLERS = ("scheduler", "adaptive_ode", "adaptive_sde")
 # The network's data range; outputs map it to [0, 1] (Diffusers' convention for image pipelines).
 DATA_RANGE = (-1.0, 1.0)
 
@@ -142,6 +146,13 @@ class SchedulerSDE:
             n = self.sde.N
             t = (torch.as_tensor(timestep).to(torch.float64) + 1) / n
         return t.to(device=like.device, dtype=like.dtype).reshape(-1).expand(batch)
+
+    def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """The network's timestep for continuous ``t`` (inverse of :meth:`continuous`), shape of ``t``."""
+        to_model = getattr(self.scheduler, "model_timesteps", None)
+        if callable(to_model):
+            return to_model(t).to(t.dtype)
+        return t * self.sde.N - 1
 
     def to_score(self, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Network output at ``(x, t)`` to ``grad_x log p_t(x)``."""
@@ -394,9 +405,17 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
         output_type: object,
         callback_on_step_end: object,
         callback_on_step_end_tensor_inputs: object,
+        sampler: object = "scheduler",
+        sampler_options: object = None,
     ) -> None:
         """Validate the arguments every pipeline takes."""
         _check_int("num_inference_steps", num_inference_steps)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {sampler!r}.")
+        if sampler_options is not None and not isinstance(sampler_options, dict):
+            raise TypeError(f"`sampler_options` must be a dict, got {type(sampler_options).__name__}.")
+        if sampler_options and sampler == "scheduler":
+            raise ValueError("`sampler_options` apply to the adaptive samplers; configure a scheduler with from_config.")
         check_output_type(output_type)
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise TypeError(f"`callback_on_step_end` must be callable, got {type(callback_on_step_end).__name__}.")
@@ -413,30 +432,51 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
         return [ClassifierGuidance(self.classifier, labels, scale)]
 
     # ---- the one sampling loop -----------------------------------------------------------------------
+    def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        kwargs = {"class_labels": cond.class_labels} if cond.class_labels is not None else {}
+        out = self.unet(x, timestep, **kwargs)
+        return out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
+
+    def _conditional_score(
+        self, x: torch.Tensor, t: torch.Tensor, timestep: torch.Tensor, view: SchedulerSDE, cond: Conditioning
+    ) -> torch.Tensor:
+        """The model's score at ``(x, t)`` (``timestep`` in the network's scale) plus the conditioning's terms."""
+        terms = cond.score_terms or []
+        needs_graph = any(term.needs_model_graph for term in terms)
+        with torch.enable_grad() if needs_graph else torch.no_grad():
+            x_in = x.detach().requires_grad_(needs_graph)
+            score = view.to_score(self._network(x_in, timestep, cond), x_in, t)
+            total = score.detach()
+            for term in terms:
+                total = total + term(x_in, t, score if term.needs_model_graph else score.detach(), view.sde)
+        return total.detach()
+
     def _model_output(
         self, sample: torch.Tensor, timestep: torch.Tensor, view: SchedulerSDE, cond: Conditioning
     ) -> torch.Tensor:
         """The network output at ``(sample, timestep)`` with the conditioning's score terms folded in."""
         model_input = self.scheduler.scale_model_input(sample, timestep)
-        kwargs = {"class_labels": cond.class_labels} if cond.class_labels is not None else {}
-        terms = cond.score_terms or []
-        needs_graph = any(term.needs_model_graph for term in terms)
-        with torch.enable_grad() if needs_graph else torch.no_grad():
-            x = model_input.detach().requires_grad_(needs_graph)
-            out = self.unet(x, timestep, **kwargs)
-            out = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
-            if not terms:
-                return out.detach()
-            t = view.continuous(timestep, x.shape[0], x)
-            score = view.to_score(out, x, t)
-            total = score.detach()
-            for term in terms:
-                total = total + term(x, t, score if term.needs_model_graph else score.detach(), view.sde)
-        return view.from_score(total.detach(), model_input.detach(), t)
+        if not cond.score_terms:
+            with torch.no_grad():
+                return self._network(model_input, timestep, cond)
+        t = view.continuous(timestep, model_input.shape[0], model_input)
+        score = self._conditional_score(model_input, t, timestep, view, cond)
+        return view.from_score(score, model_input, t)
 
     def _step_kwargs(self, generator: object) -> dict:
         accepted = set(inspect.signature(self.scheduler.step).parameters)
         return {"generator": generator} if "generator" in accepted else {}
+
+    def _prior(self, shape: tuple[int, ...], generator: Any, latents: torch.Tensor | None, scale: float) -> torch.Tensor:
+        device, dtype = self._execution_device, self.unet.dtype
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != tuple(shape):
+                got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+                raise ValueError(f"`latents` must be a tensor of shape {tuple(shape)}, got {got}.")
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * scale
 
     @torch.no_grad()
     def _sample(
@@ -449,26 +489,32 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
         latents: torch.Tensor | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        sampler: str = "scheduler",
+        sampler_options: dict | None = None,
     ) -> tuple[torch.Tensor, int]:
-        """Run the scheduler from the prior to data; return the final sample (network range) and the NFE.
+        """Run the sampler from the prior to data; return the final sample (network range) and the NFE.
 
-        This is the only sampling loop of the package's pipelines.
+        With ``sampler="scheduler"`` this is the package's only sampling loop (over ``scheduler.timesteps``);
+        the adaptive solvers of :mod:`sde_diffusers.sampling` run their own step-size control on the same
+        conditional score.
         """
-        device, dtype = self._execution_device, self.unet.dtype
         view = SchedulerSDE(self.scheduler)
-        if (cond.score_terms or cond.after_step is not None) and not view.available:
+        if (cond.score_terms or cond.after_step is not None or sampler != "scheduler") and not view.available:
             view.sde  # noqa: B018 - raises the explanatory ValueError before any work
+        if sampler != "scheduler":
+            if cond.after_step is not None:
+                raise ValueError(
+                    f"sampler={sampler!r} cannot project known pixels after each step (method='replacement'); use "
+                    "method='guidance' or a scheduler."
+                )
+            if callback_on_step_end is not None:
+                raise ValueError(f"`callback_on_step_end` needs the scheduler loop; sampler={sampler!r} has no steps.")
+            return self._sample_adaptive(shape, generator, cond, latents, view, sampler, sampler_options or {})
+        device = self._execution_device
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        else:
-            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != tuple(shape):
-                got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-                raise ValueError(f"`latents` must be a tensor of shape {tuple(shape)}, got {got}.")
-            latents = latents.to(device=device, dtype=dtype)
         # Our VE schedulers start from N(0, sigma_max^2), VP-type ones (and DDPM/DDIM) from N(0, 1).
-        latents = latents * self.scheduler.init_noise_sigma
+        latents = self._prior(shape, generator, latents, self.scheduler.init_noise_sigma)
         step_kwargs = self._step_kwargs(generator)
         self._num_timesteps = len(timesteps)
         nfe = 0
@@ -486,6 +532,26 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
                     latents = callback_outputs.get("latents", latents)
                 progress.update()
         return latents, nfe
+
+    def _sample_adaptive(
+        self, shape, generator, cond: Conditioning, latents, view: SchedulerSDE, sampler: str, options: dict
+    ) -> tuple[torch.Tensor, int]:
+        from sde_diffusers.sampling.adaptive_sde import sample_adaptive_sde
+        from sde_diffusers.sampling.ode import sample_probability_flow
+
+        solve = {"adaptive_ode": sample_probability_flow, "adaptive_sde": sample_adaptive_sde}[sampler]
+        # The prior of the SDE: N(0, sigma_max^2) for VE, N(0, 1) for VP and sub-VP.
+        prior_std = view.sde.sigma_max if isinstance(view.sde, VESDE) else 1.0
+        x = self._prior(shape, generator, latents, prior_std)
+
+        def score_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self._conditional_score(x_t, t, view.model_timestep(t), view, cond)
+
+        options = {"denoise": True, **options}
+        if sampler == "adaptive_sde":
+            options.setdefault("generator", generator)
+        out = solve(score_fn, view.sde, x, **options)
+        return out.sample, int(out.nfe)
 
     # ---- output ----------------------------------------------------------------------------------------
     @staticmethod
@@ -554,6 +620,8 @@ class ScoreSdePipeline(ScoreSdePipelineBase):
         latents: torch.Tensor | None = None,
         callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        sampler: str = "scheduler",
+        sampler_options: dict | None = None,
     ) -> ScoreSdePipelineOutput | tuple:
         r"""
         Generate images.
@@ -578,12 +646,19 @@ class ScoreSdePipeline(ScoreSdePipelineBase):
                 after every scheduler step; it may return ``{"latents": ...}`` to replace the sample.
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*): tensors to pass in ``callback_kwargs``
                 (only ``"latents"``).
+            sampler (`str`, defaults to `"scheduler"`): `"scheduler"` runs the loop over `scheduler.timesteps`;
+                `"adaptive_ode"` (probability-flow ODE, RK45) and `"adaptive_sde"` (reverse SDE, "Gotta Go Fast")
+                are the adaptive solvers of `sde_diffusers.sampling`, which choose their own steps on the
+                scheduler's SDE (`num_inference_steps` and callbacks do not apply; `nfe` reports the cost).
+            sampler_options (`dict`, *optional*): keyword arguments of the adaptive solver (`rtol`, `atol`, `eps`,
+                `method`, `denoise`, ...).
 
         Returns:
             [`ScoreSdePipelineOutput`] with `images` and `nfe`, or a tuple `(images,)`.
         """
         self.check_common_inputs(
-            num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs
+            num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs, sampler,
+            sampler_options,
         )
         labels = self.check_class_inputs(class_labels, classifier_scale, batch_size)
         n_labels = None if labels is None or labels.numel() == 1 else labels.numel()
@@ -603,5 +678,7 @@ class ScoreSdePipeline(ScoreSdePipelineBase):
             latents=latents,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            sampler=sampler,
+            sampler_options=sampler_options,
         )
         return self._finish(self.to_unit_range(x), output_type, return_dict, nfe)

@@ -124,6 +124,8 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
         latents: torch.Tensor | None = None,
         callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        sampler: str = "scheduler",
+        sampler_options: dict | None = None,
     ) -> ScoreSdePipelineOutput | tuple:
         r"""
         Colorize grayscale images.
@@ -144,13 +146,21 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
             class_labels, classifier_scale: class conditioning, as in [`ScoreSdePipeline`].
             latents (`torch.Tensor`, *optional*): standard-normal prior noise ``(batch, 3, height, width)``.
             callback_on_step_end, callback_on_step_end_tensor_inputs: as in [`ScoreSdePipeline`].
+            sampler, sampler_options: the scheduler loop or an adaptive solver, as in [`ScoreSdePipeline`] (the
+                adaptive solvers take the guidance methods, not `"replacement"`).
 
         Returns:
             [`ScoreSdePipelineOutput`] with `images` and `nfe`, or a tuple `(images,)`.
         """
         self.check_common_inputs(
-            num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs
+            num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs, sampler,
+            sampler_options,
         )
+        if sampler != "scheduler" and "replacement" in str(method):
+            raise ValueError(
+                f"method={method!r} projects known pixels after each scheduler step; sampler={sampler!r} has no such "
+                "steps: use method='guidance'."
+            )
         self.check_method_inputs(method, guidance_scale, guidance_variance)
         channels, _, _ = self._sample_shape_from_config()
         if channels != 3:
@@ -202,6 +212,8 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
             latents=latents,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            sampler=sampler,
+            sampler_options=sampler_options,
         )
         # Paste the observed grey axis (the paper's last replacement), then bring colours into [0, 1] along the
         # grey-preserving direction, so the grey level of the result is the input's.

@@ -61,6 +61,8 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
         latents: torch.Tensor | None = None,
         callback_on_step_end: Callable[[Any, int, torch.Tensor, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        sampler: str = "scheduler",
+        sampler_options: dict | None = None,
     ) -> ScoreSdePipelineOutput | tuple:
         r"""
         Inpaint images.
@@ -88,13 +90,21 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
             class_labels, classifier_scale: class conditioning, as in [`ScoreSdePipeline`].
             latents (`torch.Tensor`, *optional*): standard-normal prior noise ``(batch, channels, height, width)``.
             callback_on_step_end, callback_on_step_end_tensor_inputs: as in [`ScoreSdePipeline`].
+            sampler, sampler_options: the scheduler loop or an adaptive solver, as in [`ScoreSdePipeline`] (the
+                adaptive solvers take the guidance methods, not `"replacement"`).
 
         Returns:
             [`ScoreSdePipelineOutput`] with `images` and `nfe`, or a tuple `(images,)`.
         """
         self.check_common_inputs(
-            num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs
+            num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs, sampler,
+            sampler_options,
         )
+        if sampler != "scheduler" and "replacement" in str(method):
+            raise ValueError(
+                f"method={method!r} projects known pixels after each scheduler step; sampler={sampler!r} has no such "
+                "steps: use method='guidance'."
+            )
         self.check_method_inputs(method, guidance_scale, guidance_variance)
         pixels = images_to_tensor(image, "image")
         mask = self._prepare_mask(mask_image, mask_threshold, pixels)
@@ -132,6 +142,8 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
             latents=latents,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            sampler=sampler,
+            sampler_options=sampler_options,
         )
         # The kept pixels are the input's, bit for bit.
         images = torch.where(keep > 0, pixels, self.to_unit_range(x.float()))

@@ -33,6 +33,7 @@ from sde_diffusers.pipelines import (
 )
 from sde_diffusers.pipelines.pipeline_score_sde import SchedulerSDE
 from sde_diffusers.pipelines.pipeline_score_sde_colorization import fit_grey_in_range, grey_level
+from sde_diffusers.schedulers.scheduling_probability_flow import ProbabilityFlowScheduler
 from sde_diffusers.toy import GaussianMixture
 
 PIPELINES = (ScoreSdePipeline, ScoreSdeInpaintPipeline, ScoreSdeColorizationPipeline)
@@ -95,13 +96,9 @@ SCHEDULERS = {
     "vp-ddpm": ("vp", lambda: DDPMScheduler()),
     "vp-dpm-solver": ("vp", lambda: DPMSolverMultistepScheduler()),
 }
-try:  # lands with the probability-flow issue; covered from then on
-    from sde_diffusers import ProbabilityFlowScheduler
-
-    SCHEDULERS["ve-ode-heun"] = ("ve", lambda: ProbabilityFlowScheduler.from_config(VESDEScheduler(sigma_max=10.0).config, solver="heun"))
-    SCHEDULERS["vp-ode-euler"] = ("vp", lambda: ProbabilityFlowScheduler.from_config(VPSDEScheduler().config))
-except ImportError:
-    pass
+SCHEDULERS["ve-ode-heun"] = ("ve", lambda: ProbabilityFlowScheduler(sde_type="ve", sigma_max=10.0, solver="heun"))
+SCHEDULERS["vp-ode-euler"] = ("vp", lambda: ProbabilityFlowScheduler.from_config(VPSDEScheduler().config, solver="euler"))
+SCHEDULERS["subvp-ode-heun"] = ("subvp", lambda: ProbabilityFlowScheduler(sde_type="subvp", spacing="karras"))
 
 
 def make_pipeline(cls, family: str, **kwargs):
@@ -152,7 +149,7 @@ def test_every_pipeline_with_every_scheduler(cls, family):
     pipe = make_pipeline(cls, family)
     channels = 3 if cls is ScoreSdeColorizationPipeline else 1
     # 16 levels: enough for the first-order SDE samplers to land on the data.
-    data = call(pipe, 16, batch_size=8, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    data = call(pipe, 16, batch_size=4, generator=torch.Generator().manual_seed(0), output_type="pt").images
     # Samples that look like the data: the mixture lives in [-0.7, 0.7] (pure noise would be clamped to 0 or 1).
     assert 0.3 < float(data.mean()) < 0.7 and float(data.std()) < 0.3
     assert float(((data == 0) | (data == 1)).float().mean()) < 0.02
@@ -186,6 +183,27 @@ def test_generator_list_gives_per_sample_reproducibility(cls, family):
     different_seed = call(pipe, batch_size=2, generator=torch.Generator().manual_seed(1), output_type="pt").images
     same_seed = call(pipe, batch_size=2, generator=torch.Generator().manual_seed(1), output_type="pt").images
     torch.testing.assert_close(same_seed, different_seed, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sampler", ["adaptive_ode", "adaptive_sde"])
+@pytest.mark.parametrize("cls", PIPELINES, ids=lambda c: c.__name__)
+def test_adaptive_samplers_run_every_pipeline(cls, sampler):
+    pipe = make_pipeline(cls, "ve-pc" if sampler == "adaptive_sde" else "vp-ddim")
+    options = {"rtol": 0.05} if sampler == "adaptive_sde" else {"rtol": 1e-3, "atol": 1e-3}
+    kw = dict(sampler=sampler, output_type="pt", sampler_options=options)
+    gens = lambda *seeds: [torch.Generator().manual_seed(s) for s in seeds]  # noqa: E731
+    out = call(pipe, generator=gens(1, 2), **kw)
+    assert out.images.shape[0] == 2 and out.nfe > 10 and torch.isfinite(out.images).all()
+    assert float(((out.images == 0) | (out.images == 1)).float().mean()) < 0.02  # data, not clamped noise
+    torch.testing.assert_close(call(pipe, generator=gens(2), **kw).images, out.images[1:], rtol=0, atol=1e-5)
+    if cls is ScoreSdeInpaintPipeline:
+        image, mask = inpaint_inputs()
+        keep = torch.from_numpy(np.asarray(mask) == 0)
+        expected = torch.from_numpy(np.asarray(image) / np.float32(255))[keep]
+        assert torch.equal(out.images[:, 0][:, keep], expected.expand(2, -1))
+    if cls is ScoreSdeColorizationPipeline:
+        torch.testing.assert_close(grey_level(out.images)[:, 0], torch.from_numpy(grey_image()).expand(2, -1, -1),
+                                   rtol=0, atol=2e-7)
 
 
 def test_the_pc_loop_calls_the_model_for_corrector_and_predictor_steps():
@@ -476,6 +494,12 @@ BAD_CALLS = [
     (ScoreSdePipeline, dict(latents=torch.zeros(2, 1, 3, 3)), ValueError, "latents"),
     (ScoreSdePipeline, dict(callback_on_step_end_tensor_inputs=["noise"]), ValueError, "tensor_inputs"),
     (ScoreSdePipeline, dict(classifier_scale=-1.0), ValueError, "classifier_scale"),
+    (ScoreSdePipeline, dict(sampler="rk4"), ValueError, "sampler"),
+    (ScoreSdePipeline, dict(sampler_options={"rtol": 0.1}), ValueError, "sampler_options"),
+    (ScoreSdePipeline, dict(sampler="adaptive_ode", sampler_options=[0.1]), TypeError, "sampler_options"),
+    (ScoreSdePipeline, dict(sampler="adaptive_ode", callback_on_step_end=lambda *a: {}), ValueError, "callback"),
+    (ScoreSdePipeline, dict(sampler="adaptive_ode", sampler_options={"rtol": -1.0}), ValueError, "rtol"),
+    (ScoreSdeInpaintPipeline, dict(sampler="adaptive_sde", method="replacement"), ValueError, "guidance"),
     (ScoreSdeInpaintPipeline, dict(mask_image=np.ones((SIZE, SIZE + 1), bool)), ValueError, "same height"),
     (ScoreSdeInpaintPipeline, dict(mask_image=np.full((SIZE, SIZE), 0.5, np.float32)), ValueError, "mask_threshold"),
     (ScoreSdeInpaintPipeline, dict(mask_threshold=1.5), ValueError, "mask_threshold"),
