@@ -8,7 +8,7 @@ the sampled mode weights against the exact posterior weights (total-variation di
 error of a perfect sampler for scale), for inpainting and for colorization (ambiguous colours of equal grey level).
 
 Run: ``python benchmarks/conditional_accuracy.py [--samples 2000] [--steps 200] [--quick]``; writes
-``benchmarks/results/conditional_accuracy.json``.
+``benchmarks/results/conditional_accuracy.json`` and the figure ``conditional_accuracy.png`` next to it.
 """
 
 from __future__ import annotations
@@ -213,13 +213,54 @@ def run(problem: Problem, scheduler_name: str, method: dict, samples: int, steps
     }
 
 
+def plot(results: list[dict], path: str) -> None:
+    """One panel per mixture problem: the sampled weight of the first mode per method and scheduler, against the
+    exact posterior weight (solid line) and the prior weight (dotted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    problems = []
+    for r in results:
+        if "sampled" in r and (r["task"], r["problem"]) not in problems:
+            problems.append((r["task"], r["problem"]))
+    priors = {(p.kind, p.name): float(p.weights[0]) for p in inpainting_problems() + colorization_problems()}
+    methods = list(METHODS)
+    schedulers = [s for s in SCHEDULERS if any(r["scheduler"] == s for r in results)]
+    fig, axes = plt.subplots(1, len(problems), figsize=(3.2 * len(problems), 3.6), sharey=True)
+    markers = ["o", "s", "^", "D"]
+    for ax, (task, name) in zip(axes, problems, strict=True):
+        rows = [r for r in results if r["task"] == task and r["problem"] == name and "sampled" in r]
+        ax.axhline(rows[0]["exact"][0], color="k", lw=1.5, label="exact posterior")
+        ax.axhline(priors[(task, name)], color="grey", lw=1, ls=":", label="prior")
+        for j, scheduler in enumerate(schedulers):
+            ys = [next(r["sampled"][0] for r in rows if r["method"] == m and r["scheduler"] == scheduler)
+                  for m in methods]
+            ax.plot(range(len(methods)), ys, markers[j % len(markers)], ms=6, alpha=0.8, label=scheduler)
+        ax.set_xticks(range(len(methods)), [m.split(" (")[0].replace(", ", "\n") for m in methods], fontsize=7,
+                      rotation=30)
+        ax.set_title(f"{task}: {name}", fontsize=9)
+    axes[0].set_ylabel("sampled weight of mode 1")
+    axes[-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="one scheduler, fewer samples")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "conditional_accuracy.json"))
+    parser.add_argument("--plot-only", action="store_true", help="redraw the figure from an existing --out JSON")
     args = parser.parse_args()
+    figure = os.path.splitext(args.out)[0] + ".png"
+    if args.plot_only:
+        with open(args.out) as fh:
+            plot(json.load(fh), figure)
+        return
     torch.set_num_threads(1)
     samples = 500 if args.quick else args.samples
     schedulers = list(SCHEDULERS)[:1] if args.quick else list(SCHEDULERS)
@@ -244,6 +285,7 @@ def main() -> None:
     with open(args.out, "w") as fh:
         json.dump(results, fh, indent=2)
     print(f"\nwrote {args.out}")
+    plot(results, figure)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,18 @@
-"""Diffusers pipelines for score-based models: unconditional, class-conditional, inpainting, colorization."""
+"""Diffusers pipelines for score-based models: unconditional, class-conditional, inpainting, colorization, Soft Diffusion."""
 
-from .pipeline_score_sde import ScoreSdePipeline, ScoreSdePipelineBase, ScoreSdePipelineOutput
+from .pipeline_score_sde import SAMPLERS, ScoreSdePipeline, ScoreSdePipelineBase, ScoreSdePipelineOutput
 from .pipeline_score_sde_colorization import ScoreSdeColorizationPipeline, decoupled_colour_basis
 from .pipeline_score_sde_inpaint import ScoreSdeInpaintPipeline
 from .pipeline_score_sde_inverse import INVERSE_METHODS, LinearObservation, ScoreSdeInverseProblemPipeline
+from .pipeline_soft_diffusion import (
+    SoftDiffusionInpaintPipeline,
+    SoftDiffusionPipeline,
+    SoftDiffusionPipelineBase,
+)
+from .pipeline_utils import SDEDiffusionPipeline
 
 __all__ = [
+    "SDEDiffusionPipeline",
     "ScoreSdePipeline",
     "ScoreSdeInpaintPipeline",
     "ScoreSdeColorizationPipeline",
@@ -14,5 +21,9 @@ __all__ = [
     "ScoreSdePipelineOutput",
     "LinearObservation",
     "INVERSE_METHODS",
+    "SAMPLERS",
     "decoupled_colour_basis",
+    "SoftDiffusionPipeline",
+    "SoftDiffusionInpaintPipeline",
+    "SoftDiffusionPipelineBase",
 ]

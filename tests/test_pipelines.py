@@ -608,6 +608,14 @@ def test_cli_sample_inpaint_colorize(tmp_path, capsys):
         cli_main(["sample", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="scheduler class"):
         cli_main(["sample", str(grey_model), "--output-dir", str(tmp_path / "x"), "--scheduler", "Nope"])
+    assert cli_main(["sample", str(grey_model), "--output-dir", str(tmp_path / "a"), "--num-images", "2",
+                     "--sampler", "adaptive_ode", "--sampler-option", "rtol=0.001", "--sampler-option", "atol=0.001",
+                     "--prefix", "ode"]) == 0
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["ode_0000.png", "ode_0001.png"]
+    with pytest.raises(SystemExit, match="guidance"):  # a pipeline's ValueError, as a message
+        cli_main(["inpaint", str(grey_model), "--image", str(tmp_path / "image.png"), "--mask",
+                  str(tmp_path / "mask.png"), "--output-dir", str(tmp_path / "x"), "--method", "replacement",
+                  "--sampler", "adaptive_sde"])
     with pytest.raises(SystemExit, match="--image"):
         cli_main(["inpaint", str(grey_model), "--image", str(tmp_path / "none.png"), "--mask",
                   str(tmp_path / "mask.png"), "--output-dir", str(tmp_path / "x")])

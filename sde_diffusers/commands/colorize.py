@@ -9,15 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .inpaint import _variance, open_image
-from .sample import (
-    add_common_arguments,
-    batches,
-    check_output_dir,
-    generators,
-    labels_for,
-    load_pipeline,
-    write_images,
-)
+from .sample import add_common_arguments, check_output_dir, generate, load_pipeline, write_images
 
 NAME = "colorize"
 HELP = "colorize a grayscale image with a saved score model of colour images and write PNGs"
@@ -53,20 +45,9 @@ def run(args: argparse.Namespace) -> int:
     variance = _variance(args.guidance_variance)
     grey = _to_grey(open_image(args.image, "--image"), args.grey_weights)
     pipe = load_pipeline(args, ScoreSdeColorizationPipeline)
-    images = []
-    for indices in batches(args):
-        out = pipe(
-            grey,
-            batch_size=len(indices),
-            num_inference_steps=args.steps,
-            generator=generators(indices, args.seed, pipe.device),
-            method=args.method,
-            guidance_scale=args.guidance_scale,
-            guidance_variance=variance,
-            grey_weights=args.grey_weights,
-            class_labels=labels_for(args, indices),
-            classifier_scale=args.classifier_scale,
-        )
-        images.extend(out.images)
+    images = generate(
+        pipe, args, grey, method=args.method, guidance_scale=args.guidance_scale, guidance_variance=variance,
+        grey_weights=args.grey_weights,
+    )
     write_images(args, images)
     return 0

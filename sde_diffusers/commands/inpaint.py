@@ -8,15 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .sample import (
-    add_common_arguments,
-    batches,
-    check_output_dir,
-    generators,
-    labels_for,
-    load_pipeline,
-    write_images,
-)
+from .sample import add_common_arguments, check_output_dir, generate, load_pipeline, write_images
 
 NAME = "inpaint"
 HELP = "inpaint an image with a saved score model (white mask pixels are repainted) and write PNGs"
@@ -67,21 +59,9 @@ def run(args: argparse.Namespace) -> int:
         image = image.convert("RGB" if pipe.unet.config.in_channels == 3 else "L")
     if mask.mode not in ("1", "L"):
         mask = mask.convert("L")
-    images = []
-    for indices in batches(args):
-        out = pipe(
-            image,
-            mask,
-            batch_size=len(indices),
-            num_inference_steps=args.steps,
-            generator=generators(indices, args.seed, pipe.device),
-            method=args.method,
-            guidance_scale=args.guidance_scale,
-            guidance_variance=variance,
-            mask_threshold=args.mask_threshold,
-            class_labels=labels_for(args, indices),
-            classifier_scale=args.classifier_scale,
-        )
-        images.extend(out.images)
+    images = generate(
+        pipe, args, image, mask, method=args.method, guidance_scale=args.guidance_scale,
+        guidance_variance=variance, mask_threshold=args.mask_threshold,
+    )
     write_images(args, images)
     return 0

@@ -57,6 +57,10 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_prefix: str) -
                              "VESDEScheduler, ProbabilityFlowScheduler (default: the saved one)")
     parser.add_argument("--scheduler-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                         help="scheduler config override (JSON value), repeatable, e.g. snr=0.075 predictor=ancestral")
+    parser.add_argument("--sampler", default="scheduler", choices=["scheduler", "adaptive_ode", "adaptive_sde"],
+                        help="the scheduler's loop (default), or an adaptive solver that picks its own steps")
+    parser.add_argument("--sampler-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                        help="adaptive solver option (JSON value), repeatable, e.g. rtol=0.01 atol=0.001")
     parser.add_argument("--class-labels", type=int, nargs="+", default=None,
                         help="class of each image (one value: all images); needs a class-conditional model or a "
                              "classifier in the pipeline")
@@ -130,6 +134,35 @@ def labels_for(args: argparse.Namespace, indices: range) -> list[int] | None:
     return [args.class_labels[0] if len(args.class_labels) == 1 else args.class_labels[i] for i in indices]
 
 
+def sampler_kwargs(args: argparse.Namespace) -> dict:
+    """``sampler`` and ``sampler_options`` for a pipeline call."""
+    options = dict(args.sampler_option)
+    if options and args.sampler == "scheduler":
+        raise SystemExit("error: --sampler-option needs --sampler adaptive_ode or adaptive_sde")
+    return {"sampler": args.sampler, "sampler_options": options or None}
+
+
+def generate(pipe: Any, args: argparse.Namespace, *inputs: Any, **kwargs: Any) -> list:
+    """Call ``pipe`` batch by batch (image i seeded with seed + i); bad arguments end the command with their message."""
+    images = []
+    for indices in batches(args):
+        try:
+            out = pipe(
+                *inputs,
+                batch_size=len(indices),
+                num_inference_steps=args.steps,
+                generator=generators(indices, args.seed, pipe.device),
+                class_labels=labels_for(args, indices),
+                classifier_scale=args.classifier_scale,
+                **sampler_kwargs(args),
+                **kwargs,
+            )
+        except (ValueError, TypeError) as err:
+            raise SystemExit(f"error: {err}") from err
+        images.extend(out.images)
+    return images
+
+
 def write_images(args: argparse.Namespace, images: list) -> list[Path]:
     """Write ``images`` (PIL) as ``PREFIX_0000.png`` ... (and a grid with ``--grid``); return the paths."""
     from diffusers.utils import make_image_grid
@@ -174,15 +207,5 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_dir(args)
     pipe = load_pipeline(args, ScoreSdePipeline)
-    images = []
-    for indices in batches(args):
-        out = pipe(
-            batch_size=len(indices),
-            num_inference_steps=args.steps,
-            generator=generators(indices, args.seed, pipe.device),
-            class_labels=labels_for(args, indices),
-            classifier_scale=args.classifier_scale,
-        )
-        images.extend(out.images)
-    write_images(args, images)
+    write_images(args, generate(pipe, args))
     return 0
