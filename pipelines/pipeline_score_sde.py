@@ -25,6 +25,7 @@ inputs) are in ``[0, 1]``.
 from __future__ import annotations
 
 import abc
+import contextlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -58,6 +59,18 @@ __all__ = [
     "OUTPUT_TYPES",
     "SAMPLERS",
 ]
+
+try:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def _math_attention() -> contextlib.AbstractContextManager:
+        return sdpa_kernel(SDPBackend.MATH)
+
+except ImportError:  # torch < 2.3
+
+    def _math_attention() -> contextlib.AbstractContextManager:
+        return torch.backends.cuda.sdp_kernel(enable_flash=False, enable_mem_efficient=False, enable_math=True)
+
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # "scheduler": the loop over `scheduler.timesteps`; the others: the adaptive solvers of `sde_diffusers.sampling`
@@ -175,6 +188,8 @@ class ScoreTerm(abc.ABC):
     """
 
     needs_model_graph: bool = False
+    #: Whether the term differentiates the network twice (double backward); see ``_conditional_score``.
+    needs_second_order: bool = False
 
     @abc.abstractmethod
     def __call__(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor, sde: SDE) -> torch.Tensor:
@@ -443,7 +458,10 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
         """The model's score at ``(x, t)`` (``timestep`` in the network's scale) plus the conditioning's terms."""
         terms = cond.score_terms or []
         needs_graph = any(term.needs_model_graph for term in terms)
-        with torch.enable_grad() if needs_graph else torch.no_grad():
+        # CUDA's flash and memory-efficient attention kernels have no double backward; the math kernel has.
+        second_order = any(term.needs_second_order for term in terms)
+        attention = _math_attention() if second_order else contextlib.nullcontext()
+        with torch.enable_grad() if needs_graph else torch.no_grad(), attention:
             x_in = x.detach().requires_grad_(needs_graph)
             score = view.to_score(self._network(x_in, timestep, cond), x_in, t)
             total = score.detach()

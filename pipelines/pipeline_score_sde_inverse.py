@@ -167,6 +167,7 @@ class ObservationGuidance(ScoreTerm):
 
     def __init__(self, observation: LinearObservation, variance: float | str, scale: float) -> None:
         self.observation, self.variance, self.scale = observation, variance, scale
+        self.needs_second_order = variance == "jacobian"
 
     def _posterior_variance(
         self, sde: SDE, x: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, residual: torch.Tensor

@@ -13,10 +13,12 @@ import torch
 from diffusers import (
     ConfigMixin,
     DDIMScheduler,
+    DDPMPipeline,
     DDPMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
     ModelMixin,
+    UNet2DModel,
 )
 from diffusers.configuration_utils import register_to_config
 
@@ -268,6 +270,23 @@ def test_tiny_networks_run_in_every_pipeline():
     out = ScoreSdeColorizationPipeline(vp_rgb, DDIMScheduler())(pixels, num_inference_steps=2, generator=gen(),
                                                                output_type="pt").images
     torch.testing.assert_close(grey_level(out)[0, 0], torch.from_numpy(pixels), rtol=0, atol=1e-6)
+
+
+def test_a_plain_diffusers_checkpoint_runs_unchanged_and_conditions():
+    """UNet2DModel + DDPMScheduler: bit-identical to DDPMPipeline unconditionally; inpaints through its attention."""
+    torch.manual_seed(0)
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                       norm_num_groups=4, attention_head_dim=8)
+    scheduler = DDPMScheduler()
+    kw = lambda: dict(batch_size=2, num_inference_steps=5, output_type="np", generator=torch.Generator().manual_seed(0))  # noqa: E731
+    reference = DDPMPipeline(unet, scheduler)(**kw()).images
+    np.testing.assert_array_equal(ScoreSdePipeline(unet, scheduler)(**kw()).images, reference)
+    mask = np.zeros((8, 8), bool)
+    mask[:, 4:] = True
+    pixels = np.random.default_rng(0).uniform(0, 1, (8, 8)).astype(np.float32)
+    out = ScoreSdeInpaintPipeline(unet, scheduler)(pixels, mask, **kw()).images
+    np.testing.assert_array_equal(out[:, ~mask, 0], np.broadcast_to(pixels[~mask], (2, 32)))
 
 
 # ---------------------------------------------------------------------------------------------------------
