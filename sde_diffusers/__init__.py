@@ -27,6 +27,7 @@ from .hub_utils import (
     render_model_card,
     save_model_card,
 )
+from .likelihood import LikelihoodOutput, decode, encode, log_likelihood
 from .losses import (
     ddpm_loss,
     denoising_score_matching_loss,
@@ -45,8 +46,18 @@ from .models import (
     model_from_preset,
 )
 from .parameterization import make_score_fn, model_output_to_score, score_to_model_output
-from .pipelines.pipeline_utils import SDEDiffusionPipeline
+from .pipelines import (
+    ScoreSdeColorizationPipeline,
+    ScoreSdeInpaintPipeline,
+    ScoreSdeInverseProblemPipeline,
+    ScoreSdePipeline,
+    ScoreSdePipelineOutput,
+    SDEDiffusionPipeline,
+    SoftDiffusionInpaintPipeline,
+    SoftDiffusionPipeline,
+)
 from .schedulers import (
+    ProbabilityFlowScheduler,
     SDESchedulerOutput,
     SoftDiffusionScheduler,
     SoftDiffusionSchedulerOutput,
@@ -112,4 +123,16 @@ __all__ = [
     "NoiseConditionalClassifier",
     "NoiseConditionalClassifierOutput",
     "model_from_preset",
+    "ScoreSdePipeline",
+    "ScoreSdePipelineOutput",
+    "ScoreSdeInpaintPipeline",
+    "ScoreSdeColorizationPipeline",
+    "ScoreSdeInverseProblemPipeline",
+    "SoftDiffusionPipeline",
+    "SoftDiffusionInpaintPipeline",
+    "ProbabilityFlowScheduler",
+    "LikelihoodOutput",
+    "log_likelihood",
+    "encode",
+    "decode",
 ]

@@ -1,5 +1,6 @@
 """Diffusers-facing schedulers: thin adapters over the SDEs and the step functions."""
 
+from .scheduling_probability_flow import ProbabilityFlowScheduler
 from .scheduling_sde_common import SDESchedulerMixin, SDESchedulerOutput
 from .scheduling_soft_diffusion import SoftDiffusionScheduler, SoftDiffusionSchedulerOutput
 from .scheduling_subvp_sde import SubVPSDEScheduler
@@ -14,4 +15,5 @@ __all__ = [
     "SubVPSDEScheduler",
     "SoftDiffusionScheduler",
     "SoftDiffusionSchedulerOutput",
+    "ProbabilityFlowScheduler",
 ]
