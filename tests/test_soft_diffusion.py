@@ -424,3 +424,16 @@ def test_scheduler_bad_input():
     with pytest.raises(ValueError, match="not a flat colour"):
         weak.initial_sample((2, 1, 8, 8))
     assert weak.initial_sample((2, 1, 8, 8), reference=x).shape == (2, 1, 8, 8)
+
+
+def test_fitted_prior_survives_from_config():
+    import torch
+
+    from sde_diffusers import SoftDiffusionScheduler
+
+    images = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    scheduler = SoftDiffusionScheduler(image_size=8, num_train_timesteps=50)
+    scheduler.set_prior(images)
+    copy = SoftDiffusionScheduler.from_config(scheduler.config)
+    assert copy.config.prior_mean == scheduler.config.prior_mean
+    assert copy.config.prior_cov == scheduler.config.prior_cov

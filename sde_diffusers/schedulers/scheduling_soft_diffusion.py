@@ -193,6 +193,9 @@ class SoftDiffusionScheduler(SchedulerMixin, ConfigMixin):
         mean = colours.mean(0)
         cov = torch.atleast_2d(torch.cov(colours.T, correction=0))
         self.register_to_config(prior_mean=mean.tolist(), prior_cov=cov.tolist())
+        # No longer defaults: ``from_config`` would otherwise drop the fitted prior.
+        unset = [k for k in self.config.get("_use_default_values", []) if k not in ("prior_mean", "prior_cov")]
+        self.register_to_config(_use_default_values=unset)
         self._prior = self._check_prior(self.config.prior_mean, self.config.prior_cov)
 
     @staticmethod
