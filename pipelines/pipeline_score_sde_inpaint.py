@@ -165,6 +165,8 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
                 f"`mask_image` is {mask.shape[2]}x{mask.shape[3]} but `image` is {pixels.shape[2]}x{pixels.shape[3]}; "
                 "they must have the same height and width."
             )
+        if mask.shape[1] == 3 and bool((mask == mask[:, :1]).all()):
+            mask = mask[:, :1]  # a black-and-white RGB mask (Diffusers' examples) is one mask for every channel
         if mask.shape[1] not in (1, pixels.shape[1]):
             raise ValueError(
                 f"`mask_image` has {mask.shape[1]} channels; it needs 1 or as many as `image` ({pixels.shape[1]})."
