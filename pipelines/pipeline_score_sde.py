@@ -346,7 +346,7 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
             guidance, conditioned on the same timescale as the score network of its SDE.
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "classifier->unet"
     _optional_components = ["classifier"]
     _callback_tensor_inputs = ["latents"]
 

@@ -22,6 +22,9 @@ colour transform whose first channel is the normalised grey level). So both cond
     ``Cov[x_0 | x_t] = (s^2 / m) d x0_hat / d x_t``, along the residual ``P (y - x0_hat)``, the one direction the
     likelihood is evaluated in: no data variance to choose, exact for Gaussian data whose posterior covariance is
     isotropic on the observed subspace (e.g. i.i.d. pixels), deterministic, at the cost of a second backward pass.
+    For multimodal data ``p(x_0 | x_t)`` is not Gaussian, so some bias remains: on ambiguous Gaussian-mixture
+    observations the sampled mode weights are 0.02 to 0.11 (total variation) from the exact posterior, against 0.17
+    to 0.27 for replacement, whose weights stay near the prior.
 
 ``"guidance+replacement"`` does both (the guidance steers the unobserved pixels, the replacement keeps the observed
 ones on the noisy data manifold). Every method pastes the observation exactly into the final sample.
