@@ -2,7 +2,7 @@
 
 Each entry of :data:`SAMPLERS` only *configures* the library; no sampling maths lives here:
 
-* ``pc``, ``reverse_diffusion``, ``euler_maruyama``, ``ancestral``, ``corrector_only``: our predictor–corrector
+* ``pc``, ``pc_ancestral``, ``reverse_diffusion``, ``euler_maruyama``, ``ancestral``, ``corrector_only``: our predictor–corrector
   schedulers (:class:`~sde_diffusers.VESDEScheduler`, :class:`~sde_diffusers.VPSDEScheduler`,
   :class:`~sde_diffusers.SubVPSDEScheduler`) rebuilt with ``from_config`` from the pipeline's own scheduler, with
   the predictor/corrector swapped, and run by :class:`~sde_diffusers.ScoreSdePipeline`.
@@ -125,6 +125,8 @@ SAMPLERS: dict[str, SamplerInfo] = {
     for s in [
         _pc("pc", "PC: reverse-diffusion predictor + 1 Langevin corrector step (snr from the scheduler config)",
             "reverse_diffusion", "langevin", nfe_per_step=2),
+        _pc("pc_ancestral", "PC: ancestral predictor + 1 Langevin corrector step", "ancestral", "langevin",
+            nfe_per_step=2),
         _pc("reverse_diffusion", "predictor only: reverse diffusion (PC without corrector)", "reverse_diffusion", "none"),
         _pc("euler_maruyama", "predictor only: Euler-Maruyama on the reverse SDE", "euler_maruyama", "none"),
         _pc("ancestral", "predictor only: ancestral sampling (SMLD / DDPM chains)", "ancestral", "none"),
