@@ -14,10 +14,10 @@ upsampled bilinearly to 28x28 (:mod:`sde_diffusers.evaluation.quality`). Every s
 Rademacher trace, uniform dequantization on 256 levels).
 
 Samplers (:mod:`sde_diffusers.evaluation.sampling`): PC (reverse diffusion + one Langevin step; NFE = 2 x steps),
-predictor-only reverse diffusion and ancestral, probability-flow Euler and Heun (fixed steps in sigma, uniform in t,
-Tweedie end; Heun's NFE is odd, ``2 n - 1``), Diffusers' DDIM and DPM-Solver++ (2M) swapped in for the VP model, each
-on the NFE grid (10, 20, 50, 100), and the adaptive RK45 ODE (rtol = atol = 1e-3) and adaptive SDE (rtol = 0.05)
-solvers, whose NFE is an outcome.
+predictor-only reverse diffusion and ancestral, probability-flow Euler and Heun (fixed steps in sigma on Karras et
+al.'s noise levels, Tweedie end; Heun's NFE is odd, ``2 n - 1``), Diffusers' DDIM and DPM-Solver++ (2M) swapped in
+for the VP model, each on the NFE grid (10, 20, 50, 100), and the adaptive RK45 ODE (rtol = atol = 1e-3) and
+adaptive SDE (rtol = 0.05) solvers, whose NFE is an outcome.
 
 Table 1 analogue (Song et al., 2021, Table 1: P1000 / P2000 / C2000 / PC1000, i.e. predictor-only with N and 2N
 steps, corrector-only with 2N steps, predictor-corrector with N steps, all at 2N NFE except P-N) at this scale:
@@ -345,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the ~10-minute configuration")
     parser.add_argument("--sdes", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--work-dir", default=str(ROOT / "outputs" / "quality_vs_nfe"),
-                        help="where trained models are kept (default: outputs/quality_vs_nfe, git-ignored)")
+    parser.add_argument("--work-dir", default=None,
+                        help="where trained models are kept (default: outputs/quality_vs_nfe/<full|quick>, git-ignored)")
     parser.add_argument("--retrain", action="store_true", help="train again even if a matching model exists")
     parser.add_argument("--train-steps", type=int, default=None)
     parser.add_argument("--num-samples", type=int, default=None)
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = Path(args.out) if args.out else RESULTS / ("quality_vs_nfe_quick" if args.quick else "quality_vs_nfe")
     stem.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
-    work_dir = Path(args.work_dir)
+    work_dir = Path(args.work_dir or ROOT / "outputs" / "quality_vs_nfe" / ("quick" if args.quick else "full"))
     start = time.perf_counter()
 
     trained = {sde: train_model(sde, settings, work_dir, args.retrain) for sde in args.sdes}

@@ -8,7 +8,8 @@ Each entry of :data:`SAMPLERS` only *configures* the library; no sampling maths 
   the predictor/corrector swapped, and run by :class:`~sde_diffusers.ScoreSdePipeline`.
 * ``ddim``, ``dpm_solver``: Diffusers' ``DDIMScheduler`` and ``DPMSolverMultistepScheduler`` built with
   ``from_config`` from the VP model's scheduler config (DDPM names and betas) and run by the same pipeline.
-* ``ode_euler``, ``ode_heun``: fixed-step probability-flow ODE
+* ``ode_euler``, ``ode_heun``: fixed-step probability-flow ODE in the sigma variable on Karras et al.'s (2022)
+  noise levels (``rho = 7``), ending with Tweedie's denoiser
   (:func:`~sde_diffusers.sampling.ode.sample_probability_flow_fixed`).
 * ``ode_adaptive``: the probability-flow ODE with adaptive Dormand–Prince steps
   (:func:`~sde_diffusers.sampling.ode.sample_probability_flow`), cost set by a tolerance.
@@ -136,11 +137,11 @@ SAMPLERS: dict[str, SamplerInfo] = {
                     default_nfe=50, options={"scheduler": "DDIMScheduler"}),
         SamplerInfo("dpm_solver", "Diffusers DPMSolverMultistepScheduler (2nd order, dpmsolver++) via from_config",
                     "diffusers", ("vp",), default_nfe=20, options={"scheduler": "DPMSolverMultistepScheduler"}),
-        SamplerInfo("ode_euler", "probability-flow ODE, Euler steps in sigma (DDIM / EDM Euler), Tweedie end",
-                    "ode", default_nfe=100, options={"solver": "euler", "spacing": "uniform", "eps": 1e-3}),
-        SamplerInfo("ode_heun", "probability-flow ODE, Heun steps in sigma (EDM), Tweedie end", "ode",
+        SamplerInfo("ode_euler", "probability-flow ODE, Euler steps in sigma (DDIM / EDM Euler), Karras spacing, "
+                    "Tweedie end", "ode", default_nfe=100, options={"solver": "euler", "spacing": "karras", "eps": 1e-3}),
+        SamplerInfo("ode_heun", "probability-flow ODE, Heun steps in sigma (EDM), Karras spacing, Tweedie end", "ode",
                     nfe_per_step=2, nfe_offset=-1, default_nfe=49,
-                    options={"solver": "heun", "spacing": "uniform", "eps": 1e-3}),
+                    options={"solver": "heun", "spacing": "karras", "eps": 1e-3}),
         SamplerInfo("ode_adaptive", "probability-flow ODE, adaptive Dormand-Prince RK45 (rtol = atol = tolerance)",
                     "adaptive", default_tolerance=1e-3, options={"method": "dopri5", "eps": 1e-3, "denoise": True}),
         SamplerInfo("adaptive_sde", "adaptive reverse-SDE solver 'Gotta Go Fast' (rtol = tolerance, atol 0.0078)",
