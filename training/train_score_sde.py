@@ -1,9 +1,16 @@
 """Train a score-based model (NCSN++ / DDPM++) on images with continuous-time denoising score matching.
 
+``--corruption blur`` trains a Soft Diffusion model instead (Daras et al. 2022): a DDPM++ network predicts ``x_0``
+of the blur + noise corruption ``x_t = C_t x_0 + s_t eta``, the levels are fitted to the training images
+(:meth:`~sde_diffusers.schedulers.SoftDiffusionScheduler.from_data`, spaced evenly in Wasserstein-2 distance), the
+loss is Soft Score Matching (:func:`~sde_diffusers.losses.soft_score_matching_loss`) and the export is a
+:class:`~sde_diffusers.pipelines.SoftDiffusionPipeline`.
+
 Runs the same way everywhere; ``accelerate`` handles devices, distributed data parallel, mixed precision,
 gradient accumulation, checkpoint state and TensorBoard::
 
     python training/train_score_sde.py --dataset_name digits --model_preset ddpmpp-tiny --max_train_steps 2000
+    python training/train_score_sde.py --dataset_name digits --corruption blur --max_train_steps 2000
     accelerate launch training/train_score_sde.py --config training/configs/mnist_vp.json
     torchrun --nproc_per_node 2 training/train_score_sde.py ...     # two CPU processes over gloo
     sde-diffusers train ...                                         # the same options
@@ -53,6 +60,7 @@ from sde_diffusers.training.checkpointing import (
 
 __all__ = [
     "SDE_TYPES",
+    "CORRUPTION_TYPES",
     "LOSS_TYPES",
     "LR_SCHEDULERS",
     "MIXED_PRECISION",
@@ -71,6 +79,7 @@ __all__ = [
 logger = logging.getLogger("sde_diffusers.training")
 
 SDE_TYPES = ("ve", "vp", "subvp")
+CORRUPTION_TYPES = ("gaussian", "blur")
 LOSS_TYPES = ("dsm", "smld", "ddpm")
 LR_SCHEDULERS = ("constant_with_warmup", "constant", "linear", "cosine")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -80,7 +89,8 @@ _CHECKPOINT_VERSION = 1
 _RESUME_KEYS = (
     "model_preset", "model_config", "class_conditional", "sde", "num_train_timesteps", "sigma_min", "sigma_max",
     "beta_min", "beta_max", "loss", "likelihood_weighting", "reduce_mean", "train_eps", "train_batch_size",
-    "gradient_accumulation_steps", "resolution", "use_ema", "ema_decay", "seed", "random_flip",
+    "gradient_accumulation_steps", "resolution", "use_ema", "ema_decay", "seed", "random_flip", "corruption",
+    "soft_weighting",
 )
 # Never written to checkpoints, logs or model cards.
 _SECRET_KEYS = ("hub_token",)
@@ -113,6 +123,7 @@ class TrainingConfig:
     model_config: dict = field(default_factory=dict)
     class_conditional: bool = False
     # SDE and loss
+    corruption: str = "gaussian"
     sde: str | None = None
     num_train_timesteps: int = 1000
     sigma_min: float = 0.01
@@ -123,6 +134,7 @@ class TrainingConfig:
     likelihood_weighting: bool = False
     reduce_mean: bool | None = None
     train_eps: float = 1e-5
+    soft_weighting: str = "score"
     # optimisation
     train_batch_size: int = 64
     max_train_steps: int = 1000
@@ -275,6 +287,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--class_conditional", type=_bool, default=d.class_conditional,
                    help="condition the model on the data's class labels")
     g = parser.add_argument_group("SDE and loss")
+    g.add_argument("--corruption", choices=CORRUPTION_TYPES, default=d.corruption,
+                   help="gaussian: score SDE (--sde); blur: Soft Diffusion (DCT blur + small noise fitted to the "
+                        "data, DDPM++ predicting x_0, Soft Score Matching, SoftDiffusionPipeline export)")
     g.add_argument("--sde", choices=SDE_TYPES, default=None, help="default: the preset's first SDE")
     g.add_argument("--num_train_timesteps", type=int, default=d.num_train_timesteps,
                    help="N of the SDE (discretisation of samplers and discrete losses)")
@@ -291,6 +306,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--reduce_mean", type=_optional(_bool), default=None,
                    help="mean (true) or half sum (false) over pixels; default false for VE, true for VP/sub-VP")
     g.add_argument("--train_eps", type=float, default=d.train_eps, help="dsm: t ~ U(train_eps, 1)")
+    g.add_argument("--soft_weighting", choices=("score", "uniform"), default=d.soft_weighting,
+                   help="--corruption blur: Soft Score Matching weight 1 / s_t^2 (score) or 1 (uniform)")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--train_batch_size", type=int, default=d.train_batch_size, help="batch size per process")
     g.add_argument("--max_train_steps", type=int, default=d.max_train_steps, help="optimizer steps")
@@ -447,18 +464,23 @@ def _check_options(cfg: TrainingConfig) -> None:
     managed = sorted({"in_channels", "sample_size", "num_class_embeds"} & set(cfg.model_config))
     _check(not managed, f"--model_config must not set {managed}: they follow the data (--resolution, "
                         "--image_mode, --class_conditional)")
-    if cfg.sde is None:
-        cfg.sde = preset.sde_types[0]
-    _check(cfg.sde in SDE_TYPES, f"--sde must be one of {SDE_TYPES}, got {cfg.sde!r}")
-    _check(cfg.sde in preset.sde_types,
-           f"--model_preset {cfg.model_preset!r} is for the {'/'.join(preset.sde_types)} SDE, not {cfg.sde!r}; "
-           f"use an {'ncsnpp' if cfg.sde == 've' else 'ddpmpp'}-* preset")
-    _check(cfg.loss in LOSS_TYPES, f"--loss must be one of {LOSS_TYPES}, got {cfg.loss!r}")
-    _check(cfg.loss != "smld" or cfg.sde == "ve", "--loss smld (NCSN's discrete loss) needs --sde ve")
-    _check(cfg.loss != "ddpm" or cfg.sde == "vp", "--loss ddpm (the discrete DDPM loss) needs --sde vp")
-    _check(not cfg.likelihood_weighting or cfg.loss == "dsm", "--likelihood_weighting applies to --loss dsm only")
-    if cfg.reduce_mean is None:
-        cfg.reduce_mean = cfg.sde != "ve"  # score_sde's configs: sum for VE, mean for VP / sub-VP
+    _check(cfg.corruption in CORRUPTION_TYPES, f"--corruption must be one of {CORRUPTION_TYPES}, got {cfg.corruption!r}")
+    if cfg.corruption == "blur":
+        _check_blur_options(cfg, preset)
+    else:
+        _check(cfg.soft_weighting == "score", "--soft_weighting applies to --corruption blur only")
+        if cfg.sde is None:
+            cfg.sde = preset.sde_types[0]
+        _check(cfg.sde in SDE_TYPES, f"--sde must be one of {SDE_TYPES}, got {cfg.sde!r}")
+        _check(cfg.sde in preset.sde_types,
+               f"--model_preset {cfg.model_preset!r} is for the {'/'.join(preset.sde_types)} SDE, not {cfg.sde!r}; "
+               f"use an {'ncsnpp' if cfg.sde == 've' else 'ddpmpp'}-* preset")
+        _check(cfg.loss in LOSS_TYPES, f"--loss must be one of {LOSS_TYPES}, got {cfg.loss!r}")
+        _check(cfg.loss != "smld" or cfg.sde == "ve", "--loss smld (NCSN's discrete loss) needs --sde ve")
+        _check(cfg.loss != "ddpm" or cfg.sde == "vp", "--loss ddpm (the discrete DDPM loss) needs --sde vp")
+        _check(not cfg.likelihood_weighting or cfg.loss == "dsm", "--likelihood_weighting applies to --loss dsm only")
+        if cfg.reduce_mean is None:
+            cfg.reduce_mean = cfg.sde != "ve"  # score_sde's configs: sum for VE, mean for VP / sub-VP
     _check_int("--num_train_timesteps", cfg.num_train_timesteps, 2)
     _check_float("--sigma_min", cfg.sigma_min, 0.0)
     if cfg.sigma_max is not None:
@@ -491,6 +513,9 @@ def _check_options(cfg: TrainingConfig) -> None:
     _check_int("--sample_every", cfg.sample_every, 0)
     _check_int("--num_sample_images", cfg.num_sample_images, 1)
     _check_int("--num_inference_steps", cfg.num_inference_steps, 1)
+    _check(cfg.corruption != "blur" or cfg.num_inference_steps <= cfg.num_train_timesteps,
+           f"--num_inference_steps ({cfg.num_inference_steps}) must be <= --num_train_timesteps "
+           f"({cfg.num_train_timesteps}) with --corruption blur (the sampler visits a subset of the trained levels)")
     _check_int("--eval_bpd_images", cfg.eval_bpd_images, 0)
     _check_float("--eval_bpd_tolerance", cfg.eval_bpd_tolerance, 0.0, 1.0)
     _check(isinstance(cfg.output_dir, (str, os.PathLike)) and str(cfg.output_dir) != "",
@@ -499,6 +524,52 @@ def _check_options(cfg: TrainingConfig) -> None:
         _check(bool(cfg.hub_model_id), "--push_to_hub needs --hub_model_id user/name")
     else:
         _check(cfg.hub_token is None, "--hub_token is only used with --push_to_hub")
+
+
+def _check_blur_options(cfg: TrainingConfig, preset) -> None:
+    """``--corruption blur``: refuse the options of Gaussian SDE training that mean nothing for blur + noise."""
+    _check(preset.model_class == "DDPMppModel",
+           f"--corruption blur needs a DDPM++ preset (ddpmpp-*): the network predicts x_0 from the t * (N - 1) "
+           f"timestep, while {cfg.model_preset!r} builds an {preset.model_class}, which takes the noise level and "
+           "divides its output by it (a score parameterisation)")
+    _check(cfg.sde is None, f"--sde {cfg.sde} does not apply to --corruption blur: its corruption is the blur + noise "
+                            "schedule fitted to the training images, not an SDE; leave --sde out")
+    _check(cfg.loss == "dsm", f"--loss {cfg.loss} is a discrete loss of the Gaussian SDEs; --corruption blur trains "
+                              "with Soft Score Matching (leave --loss out; --soft_weighting picks its weight)")
+    _check(not cfg.likelihood_weighting,
+           "--likelihood_weighting (the g(t)^2 weight of an SDE) does not apply to --corruption blur; use "
+           "--soft_weighting score (1 / s_t^2) or uniform")
+    _check(cfg.soft_weighting in ("score", "uniform"),
+           f"--soft_weighting must be 'score' or 'uniform', got {cfg.soft_weighting!r}")
+    _check(not cfg.class_conditional,
+           "--class_conditional is not supported with --corruption blur (SoftDiffusionPipeline is unconditional)")
+    given = [f"--{k}" for k in ("predictor", "corrector", "snr") if getattr(cfg, k) is not None]
+    _check(not given, f"{'/'.join(given)} configure the predictor-corrector sampler of the Gaussian SDEs; "
+                      "--corruption blur exports a SoftDiffusionScheduler (the momentum sampler)")
+    _check(not cfg.eval_bpd_images,
+           "--eval_bpd_images: bits/dim is not defined for --corruption blur (it integrates the probability-flow "
+           "ODE of a Gaussian-noise SDE, and blur + noise corruption has none); leave it at 0")
+    if cfg.reduce_mean is None:
+        cfg.reduce_mean = True  # mean over pixels: the loss is on the scale of a per-pixel squared error
+
+
+def _build_soft_scheduler(cfg: TrainingConfig, data, resume_dir: Path | None):
+    """The Soft Diffusion levels and starting prior: from the checkpoint when resuming, else fitted to the data.
+
+    A resumed run reads the schedule its weights were trained with (saved with every checkpoint), so it
+    continues exactly even if the fit would now give other numbers. The fit uses up to 2,000 evenly spaced
+    training images (deterministic: the same images on every process and every run).
+    """
+    from sde_diffusers.schedulers import SoftDiffusionScheduler
+
+    if resume_dir is not None and (resume_dir / "scheduler").is_dir():
+        return SoftDiffusionScheduler.from_pretrained(str(resume_dir / "scheduler"))
+    idx = torch.linspace(0, len(data) - 1, min(2000, len(data))).round().long()
+    images, _ = data.batch(idx, dtype=torch.float64)
+    try:
+        return SoftDiffusionScheduler.from_data(images, num_train_timesteps=cfg.num_train_timesteps)
+    except (ValueError, TypeError) as err:
+        raise TrainingInputError(f"--corruption blur: cannot fit the corruption schedule to the data: {err}") from err
 
 
 def _build_scheduler(cfg: TrainingConfig):
@@ -643,11 +714,11 @@ def validate_config(cfg: TrainingConfig) -> _Plan:
             model = from_preset(cfg.model_preset, **overrides)
     except (ValueError, TypeError) as err:
         raise TrainingInputError(f"--model_preset {cfg.model_preset!r} with --model_config: {err}") from err
-    scheduler = _build_scheduler(cfg)
     if resume_dir is not None:
         _check_resume(cfg, resume_dir)
-    return _Plan(cfg, data, eval_data, eval_note, model, scheduler, scheduler.sde, output_dir, checkpoints_dir,
-                 resume_dir, hub_token)
+    scheduler = _build_soft_scheduler(cfg, data, resume_dir) if cfg.corruption == "blur" else _build_scheduler(cfg)
+    return _Plan(cfg, data, eval_data, eval_note, model, scheduler, getattr(scheduler, "sde", None), output_dir,
+                 checkpoints_dir, resume_dir, hub_token)
 
 
 def _world_size() -> int:
@@ -714,17 +785,18 @@ def _grid_shape(n: int) -> tuple[int, int]:
     return rows, n // rows
 
 
-def _pipeline_class():
-    from sde_diffusers.pipelines import ScoreSdePipeline
+def _pipeline_class(cfg: TrainingConfig):
+    from sde_diffusers.pipelines import ScoreSdePipeline, SoftDiffusionPipeline
 
-    return ScoreSdePipeline
+    return SoftDiffusionPipeline if cfg.corruption == "blur" else ScoreSdePipeline
 
 
 def _sample_grid(model, scheduler, cfg: TrainingConfig, num_classes: int | None, seed: int):
-    """A grid (PIL image) of ``num_sample_images`` PC samples from ``model`` (its current weights)."""
+    """A grid (PIL image) of ``num_sample_images`` samples from ``model`` (its current weights): PC sampling, or the
+    momentum sampler for ``--corruption blur``."""
     from diffusers.utils import make_image_grid
 
-    pipeline = _pipeline_class()(unet=model, scheduler=scheduler)
+    pipeline = _pipeline_class(cfg)(unet=model, scheduler=scheduler)
     pipeline.set_progress_bar_config(disable=True)
     kwargs = {}
     if num_classes is not None:
@@ -791,6 +863,8 @@ def _model_card_fields(plan: _Plan, cfg: TrainingConfig, model, result: Training
     arch = (f"`{type(model).__name__}` (preset `{cfg.model_preset}`), {n_params:,} parameters, {c}x{h}x{w} images"
             + (f", class-conditional ({plan.data.num_classes} classes)" if cfg.class_conditional else "")
             + (f", config overrides `{json.dumps(cfg.model_config)}`" if cfg.model_config else ""))
+    if cfg.corruption == "blur":
+        return _soft_model_card_fields(plan, cfg, arch, result)
     sde_name = {"ve": "VE", "vp": "VP", "subvp": "sub-VP"}[cfg.sde]
     params = {k: v for k, v in plan.sde.config.items()}
     sde_text = f"{sde_name} SDE ({', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in params.items())})"
@@ -802,7 +876,7 @@ def _model_card_fields(plan: _Plan, cfg: TrainingConfig, model, result: Training
     return dict(
         model_name=cfg.hub_model_id.split("/")[-1] if cfg.hub_model_id else f"score-sde-{cfg.sde}-{cfg.model_preset}",
         repo_id=cfg.hub_model_id or "<path to this folder>",
-        pipeline_class=_pipeline_class().__name__,
+        pipeline_class=_pipeline_class(cfg).__name__,
         architecture=arch,
         sde=sde_text,
         dataset=plan.data.description,
@@ -815,10 +889,47 @@ def _model_card_fields(plan: _Plan, cfg: TrainingConfig, model, result: Training
     )
 
 
+# The bits/dim entry of a Soft Diffusion model card (and log line): why there is no number.
+_NO_BPD_FOR_BLUR = ("not defined for blur + noise corruption (bits/dim integrates the probability-flow ODE of a "
+                    "Gaussian-noise SDE, which this corruption process does not have)")
+
+
+def _soft_model_card_fields(plan: _Plan, cfg: TrainingConfig, arch: str, result: TrainingResult):
+    """The ``soft_diffusion`` model card's fields."""
+    corruption = plan.scheduler.corruption
+    blur, noise = corruption.blur_sigmas, corruption.noise_stds
+    weight = {"score": "1 / s_t^2", "uniform": "1"}[cfg.soft_weighting]
+    corruption_text = (
+        f"DCT Gaussian blur {float(blur[0]):.3g} to {float(blur[-1]):.3g} px and noise std {float(noise[0]):.3g} "
+        f"to {float(noise[-1]):.3g}, {len(blur)} levels spaced evenly in Wasserstein-2 distance (fitted to the "
+        f"training images); Soft Score Matching with weight {weight}; `{plan.scheduler.config.sampler}` sampler"
+    )
+    final = "not measured" if result.final_loss is None else f"{result.final_loss:.4g} (Soft Score Matching)"
+    return dict(
+        model_name=cfg.hub_model_id.split("/")[-1] if cfg.hub_model_id else f"soft-diffusion-{cfg.model_preset}",
+        repo_id=cfg.hub_model_id or "<path to this folder>",
+        pipeline_class=_pipeline_class(cfg).__name__,
+        architecture=arch,
+        corruption=corruption_text,
+        dataset=plan.data.description,
+        training_config=_public_config(cfg),
+        steps=result.global_step,
+        final_loss=final,
+        bits_per_dim=_NO_BPD_FOR_BLUR,
+        sample_grid="samples.png",
+        license=cfg.license,
+    )
+
+
 def _public_config(cfg: TrainingConfig) -> dict[str, Any]:
     """The options worth publishing: no secrets, no local paths, no parameters of the other SDE family."""
     values = cfg.to_dict(public=True)
     unused = ("beta_min", "beta_max") if cfg.sde == "ve" else ("sigma_min", "sigma_max")
+    if cfg.corruption == "blur":  # no SDE at all
+        unused = ("sde", "sigma_min", "sigma_max", "beta_min", "beta_max", "loss", "likelihood_weighting",
+                  "train_eps", "predictor", "corrector", "snr", "eval_bpd_images", "eval_split", "eval_bpd_tolerance")
+    else:
+        unused += ("soft_weighting",)
     return {k: v for k, v in values.items() if k not in unused and not k.startswith(("hub_", "push_"))}
 
 
@@ -943,6 +1054,10 @@ class _Trainer:
             files = ["unet/diffusion_pytorch_model.safetensors", "unet/config.json", "optimizer.bin",
                      "random_states_0.pkl", "generator.safetensors"]
             save_file({"state": self.generator.get_state().cpu()}, str(staging / "generator.safetensors"))
+            if cfg.corruption == "blur":
+                # The fitted levels and prior the weights are trained for: a resumed run reads them back.
+                plan.scheduler.save_pretrained(str(staging / "scheduler"))
+                files.append("scheduler/scheduler_config.json")
             ema_meta = None
             if self.ema is not None:
                 names = [n for n, _ in self.raw_model.named_parameters()]
@@ -1002,9 +1117,18 @@ class _Trainer:
 
     # -- one optimizer step -------------------------------------------------------------------------------
     def _loss(self, cfg: TrainingConfig, x, y, times, noise):
-        from sde_diffusers.losses import ddpm_loss, denoising_score_matching_loss, smld_loss
+        from sde_diffusers.losses import (
+            ddpm_loss,
+            denoising_score_matching_loss,
+            smld_loss,
+            soft_score_matching_loss,
+        )
         from sde_diffusers.parameterization import make_score_fn
 
+        if cfg.corruption == "blur":
+            # The network output is x_0's estimate; it sees t on the scheduler's t * (N - 1) timestep scale.
+            return soft_score_matching_loss(self.model, x, self.plan.scheduler, t=times, noise=noise,
+                                            weighting=cfg.soft_weighting, reduce_mean=cfg.reduce_mean)
         kwargs = {"class_labels": y} if y is not None else {}
         sde, model = self.plan.sde, self.model
         if cfg.loss == "ddpm":
@@ -1020,7 +1144,9 @@ class _Trainer:
 
         g, gen, dev = self.global_batch, self.generator, self.device
         idx = self.stream.next()
-        if cfg.loss == "dsm":
+        if cfg.corruption == "blur":
+            times = torch.rand(g, generator=gen, device=dev)  # t ~ U(0, 1): the least corrupted level has noise too
+        elif cfg.loss == "dsm":
             times = sample_time(self.plan.sde, g, cfg.train_eps, generator=gen, device=dev)
         else:
             times = torch.randint(0, cfg.num_train_timesteps, (g,), generator=gen, device=dev)
@@ -1103,10 +1229,12 @@ class _Trainer:
                        for k, v in cfg.to_dict(public=True).items()}
             acc.init_trackers("score_sde", config=hparams)
         n_params = sum(p.numel() for p in self.raw_model.parameters())
+        objective = (f"the {cfg.sde} SDE" if cfg.corruption == "gaussian" else
+                     f"blur + noise corruption ({cfg.num_train_timesteps} W2-spaced levels, Soft Score Matching)")
         logger.info(
-            "training %s (%s, %.2fM parameters) with the %s SDE on %s: %d processes x %d images x %d accumulation, "
+            "training %s (%s, %.2fM parameters) with %s on %s: %d processes x %d images x %d accumulation, "
             "%d steps, mixed precision %s", cfg.model_preset, type(self.raw_model).__name__, n_params / 1e6,
-            cfg.sde, plan.data.description, self.world, cfg.train_batch_size, cfg.gradient_accumulation_steps,
+            objective, plan.data.description, self.world, cfg.train_batch_size, cfg.gradient_accumulation_steps,
             cfg.max_train_steps, acc.mixed_precision,
         )
         progress = tqdm(total=cfg.max_train_steps, initial=self.global_step, desc="steps",
@@ -1166,6 +1294,8 @@ class _Trainer:
         plan = self.plan
         grid = self._log_samples(cfg)
         bpd_text = None
+        if cfg.corruption == "blur":
+            logger.info("bits/dim: %s", _NO_BPD_FOR_BLUR)
         with _EMAWeights(self.ema, self.raw_model) as model:
             if cfg.eval_bpd_images:
                 logger.info("measuring bits/dim on %s", plan.eval_note)
@@ -1178,10 +1308,11 @@ class _Trainer:
             staging = plan.output_dir / ".tmp-pipeline"
             if staging.exists():
                 shutil.rmtree(staging)
-            pipeline = _pipeline_class()(unet=model, scheduler=plan.scheduler)
+            pipeline = _pipeline_class(cfg)(unet=model, scheduler=plan.scheduler)
             pipeline.save_pretrained(str(staging))
             grid.save(staging / "samples.png")
-            save_model_card(staging, "score_sde", **_model_card_fields(plan, cfg, model, result, bpd_text))
+            template = "soft_diffusion" if cfg.corruption == "blur" else "score_sde"
+            save_model_card(staging, template, **_model_card_fields(plan, cfg, model, result, bpd_text))
         final = plan.output_dir / "pipeline"
         _replace_dir(staging, final)
         result.pipeline_dir = str(final)
@@ -1189,7 +1320,8 @@ class _Trainer:
         logger.info("exported the %s weights to %s", "EMA" if self.ema is not None else "final", final)
         if cfg.push_to_hub:
             commit = push_pipeline_to_hub(final, cfg.hub_model_id, token=plan.hub_token, private=cfg.hub_private,
-                                          commit_message=f"sde-diffusers: {cfg.model_preset}, {cfg.sde} SDE, "
+                                          commit_message=f"sde-diffusers: {cfg.model_preset}, "
+                                                         f"{'soft diffusion' if cfg.sde is None else cfg.sde + ' SDE'}, "
                                                          f"{result.global_step} steps")
             result.hub_commit_url = getattr(commit, "commit_url", None)
             logger.info("pushed to %s", cfg.hub_model_id)
