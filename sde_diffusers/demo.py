@@ -224,12 +224,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3000, help="training steps (batch 128)")
     parser.add_argument("--sample-steps", type=int, default=250, help="noise levels of the PC sampler")
     parser.add_argument("--fid-samples", type=int, default=360, help="samples for the domain FID")
-    parser.add_argument("--output-dir", default="demo-output", help="where the run, pipeline and PNG go")
+    parser.add_argument("--output-dir", default=os.path.join("outputs", "demo"),
+                        help="where the run, the exported pipeline and the PNG go")
     parser.add_argument("--num-samples", type=int, default=None, help="exact-score table: samples per sampler")
     parser.add_argument("--exact-steps", type=int, default=None, help="exact-score table: noise levels")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads (the tiny model gains little from more; on a busy machine more threads "
+                             "can be much slower)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
 
     print("== 1. samplers against an exact score (Gaussian mixture of 4x4 images) ==")
     if args.exact:

@@ -79,6 +79,19 @@ def subprocess_env() -> dict:
     return env
 
 
+def run_bounded(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own session; on timeout kill the whole session (torchrun's workers too)."""
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def snapshot(folder: Path) -> dict:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
             for p in sorted(folder.rglob("*"))}
@@ -245,8 +258,9 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     common = dict(max_train_steps=steps, checkpointing_steps=5, save_final_checkpoint=True, logging_steps=5)
     reference = train(tiny(tmp_path / "reference", **common))
     victim_cfg = tiny(tmp_path / "victim", **common)
+    log = open(tmp_path / "victim.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, str(SCRIPT), *cli_args(victim_cfg)], env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     latest = tmp_path / "victim" / "checkpoints" / "latest"
     deadline = time.monotonic() + 120
     try:
@@ -255,12 +269,14 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
             if latest.is_file() and latest.read_text().strip() >= "checkpoint-00000010":
                 break
             time.sleep(0.005)
-        assert proc.poll() is None, f"the trainer ended before it could be killed: {proc.stderr.read().decode()}"
+        ended = proc.poll() is not None
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
         if proc.poll() is None:
             proc.kill()
+        log.close()
+    assert not ended, f"the trainer ended before it could be killed: {(tmp_path / 'victim.log').read_text()}"
     assert proc.returncode == -signal.SIGKILL
     checkpoints = tmp_path / "victim" / "checkpoints"
     done = list_checkpoints(checkpoints)
@@ -275,8 +291,8 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     killed_at = read_trainer_state(done[-1])["global_step"]
     assert 10 <= killed_at < steps
 
-    resumed = subprocess.run([sys.executable, str(SCRIPT), *cli_args(victim_cfg), "--resume_from_checkpoint",
-                              "latest"], env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    resumed = run_bounded([sys.executable, str(SCRIPT), *cli_args(victim_cfg), "--resume_from_checkpoint",
+                           "latest"], timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = f"checkpoint-{steps:08d}"
     ours, theirs = checkpoints / final, Path(reference.output_dir) / "checkpoints" / final
@@ -291,11 +307,8 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
 # ---- two CPU processes -------------------------------------------------------------------------------------
 def test_two_cpu_processes_average_gradients_like_one_process_with_the_whole_batch(tmp_path):
     two = tiny(tmp_path / "ddp", train_batch_size=8, max_train_steps=5, save_final_checkpoint=True)
-    run = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(SCRIPT), *cli_args(two)],
-        env=subprocess_env(), capture_output=True, text=True, timeout=300,
-    )
+    run = run_bounded([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                       str(SCRIPT), *cli_args(two)], timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
     assert summary["world_size"] == 2

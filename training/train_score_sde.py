@@ -811,12 +811,13 @@ def _sample_grid(model, scheduler, cfg: TrainingConfig, num_classes: int | None,
                               generator=generator, output_type="pil", **kwargs).images
     finally:
         model.train(was_training)
-    # Small images are enlarged (nearest neighbour) so the grid is legible.
-    scale = max(1, 64 // images[0].width)
-    if scale > 1:
-        from PIL import Image
+    # Small images are enlarged (nearest neighbour) and framed in grey so that tiles touching their edges (digits)
+    # stay apart in the grid.
+    from PIL import Image, ImageOps
 
-        images = [im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images]
+    scale = max(1, 64 // images[0].width)
+    images = [ImageOps.expand(im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST),
+                              border=max(1, scale // 4), fill=128) for im in images]
     rows, cols = _grid_shape(len(images))
     return make_image_grid(images, rows=rows, cols=cols)
 
