@@ -248,3 +248,13 @@ def test_cli_blur_errors_are_one_line_and_the_subcommand_knows_the_flag(tmp_path
                                       "--soft_weighting", "uniform"])
     cfg = config_from_args(args)
     assert (cfg.corruption, cfg.soft_weighting, cfg.sde) == ("blur", "uniform", None)
+
+
+@pytest.mark.parametrize("name", ["mnist_soft", "mnist_soft_cpu"])
+def test_the_shipped_soft_diffusion_configs_validate(name, tmp_path):
+    from sde_diffusers.training import config_from_args
+
+    config = Path(__file__).resolve().parents[1] / "training" / "configs" / f"{name}.json"
+    plan = validate_config(config_from_args(argv=["--config", str(config), "--output_dir", str(tmp_path)]))
+    assert plan.config.corruption == "blur" and plan.config.sde is None
+    assert plan.scheduler.config.image_size == [28, 28] and type(plan.model).__name__ == "DDPMppModel"
