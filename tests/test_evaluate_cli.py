@@ -221,3 +221,34 @@ def test_bad_numbers(model_dirs, no_sampling):
         main(_args(model_dirs["ve"], "--sampler", "pc", "--bpd-images", "1000"))
     with pytest.raises(ValueError, match="split for 'digits' must be 'train' or 'test'"):
         main(_args(model_dirs["ve"], "--sampler", "pc", "--split", "validation"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The data path: reference images as the trainer sees them, one resize path for real and generated images
+# ---------------------------------------------------------------------------------------------------------
+def test_reference_matches_trainer_data():
+    from sde_diffusers.data import load_image_data
+    from sde_diffusers.evaluation.quality import load_reference
+
+    ref = load_reference("mnist", split="test", resolution=16, channels=1)
+    trainer = load_image_data(dataset_name="mnist", split="test", resolution=16)
+    assert torch.equal(ref.images, trainer.images) and ref.images.shape == (2000, 1, 16, 16)
+    assert ref.num_levels == 256
+    digits = load_reference("digits", split="test", resolution=8, channels=1)
+    assert digits.num_levels == 17 and digits.images.shape == (360, 1, 8, 8)
+
+
+def test_extractor_input_geometry():
+    from sde_diffusers.evaluation import load_feature_extractor
+    from sde_diffusers.evaluation.quality import extractor_input, quantize_8bit
+
+    mnist = load_feature_extractor("mnist")
+    x = torch.rand(3, 1, 16, 16)
+    up = extractor_input(x, mnist)
+    assert up.shape == (3, 1, 28, 28) and up.min() >= 0 and up.max() <= 1
+    # a constant image stays constant through the bilinear resize
+    assert torch.allclose(extractor_input(torch.full((1, 1, 16, 16), 0.25), mnist), torch.tensor(0.25))
+    assert extractor_input(torch.rand(2, 1, 28, 28), mnist).shape == (2, 1, 28, 28)
+    assert extractor_input(torch.rand(2, 3, 16, 16), mnist).shape == (2, 1, 28, 28)  # RGB -> luma
+    q = quantize_8bit(torch.tensor([0.0, 0.5, 1.2, -0.1]))
+    assert torch.equal(q * 255, torch.tensor([0.0, 128.0, 255.0, 0.0]))

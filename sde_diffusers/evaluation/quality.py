@@ -121,7 +121,7 @@ def load_reference(
     elif data in BUILTIN_DATASETS:  # cifar10: JPEG folders, not shipped
         x, _ = load_builtin(data, split=split, root=root)
         raw = (x * 255.0).round().clamp(0, 255).to(torch.uint8)
-        if resolution is not None and tuple(raw.shape[-2:]) != (resolution, resolution) or mode == "L":
+        if (resolution is not None and tuple(raw.shape[-2:]) != (resolution, resolution)) or mode == "L":
             pil = [Image.fromarray(a.permute(1, 2, 0).numpy()) for a in raw]
             raw = torch.from_numpy(np.stack([preprocess_image(im, resolution, image_mode=mode) for im in pil]))
         images, description = raw, f"CIFAR-10 {split} split ({len(raw)} images)"
@@ -138,7 +138,8 @@ def load_reference(
         arrays = []
         for path in files:
             with Image.open(path) as im:
-                arrays.append(preprocess_image(im, resolution, image_mode=mode or ("L" if im.mode != "RGB" else None)))
+                own = "RGB" if im.mode in ("RGB", "RGBA", "P") else "L"
+                arrays.append(preprocess_image(im, resolution, image_mode=mode or own))
         shapes = {a.shape for a in arrays}
         if len(shapes) != 1:
             raise ValueError(f"the images under {str(folder)!r} have different sizes {sorted(shapes)[:4]}; "
