@@ -147,7 +147,8 @@ def domain_fid(samples_01: torch.Tensor, reference_01: torch.Tensor) -> float:
     return float(frechet_distance(fake, real))
 
 
-def train_digits(output_dir: str, steps: int, seed: int, num_fid_samples: int, sample_steps: int) -> dict:
+def train_digits(output_dir: str, steps: int, seed: int, num_fid_samples: int, sample_steps: int,
+                 bpd_images: int = 360) -> dict:
     """Train, export, sample and evaluate; return the numbers the demo prints."""
     from .data import load_image_data
     from .pipelines import ScoreSdePipeline
@@ -173,7 +174,7 @@ def train_digits(output_dir: str, steps: int, seed: int, num_fid_samples: int, s
         predictor="reverse_diffusion",
         corrector="langevin",
         snr=0.16,
-        eval_bpd_images=360,
+        eval_bpd_images=bpd_images,
         eval_split="test",
     )
     start = time.perf_counter()
@@ -195,6 +196,7 @@ def train_digits(output_dir: str, steps: int, seed: int, num_fid_samples: int, s
         "fid_train_vs_test": domain_fid(train_data.to_unit_range(), test_data.to_unit_range()),
         "num_fid_samples": num_fid_samples,
         "sample_nfe": 2 * sample_steps,
+        "bpd_images": min(bpd_images, len(test_data)),
     }
 
 
@@ -206,7 +208,8 @@ def print_training_report(numbers: dict, png_path: str) -> None:
     print(f"loss curve (step:loss)  {curve}")
     print(f"sample grid (PC sampler: reverse diffusion + Langevin, {numbers['sample_nfe']} NFE): {png_path}")
     print()
-    print(f"{'held-out digits (360 images)':44s} {'bits/dim':>10s}")
+    heading = f"held-out digits ({numbers['bpd_images']} images)"
+    print(f"{heading:44s} {'bits/dim':>10s}")
     print(f"{'score model (probability-flow ODE)':44s} {r.bits_per_dim:7.3f} +- {r.bits_per_dim_stderr:.3f}")
     print(f"{'full-covariance Gaussian, same training data':44s} {numbers['gaussian_bpd']:7.3f}")
     print()
@@ -224,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3000, help="training steps (batch 128)")
     parser.add_argument("--sample-steps", type=int, default=250, help="noise levels of the PC sampler")
     parser.add_argument("--fid-samples", type=int, default=360, help="samples for the domain FID")
+    parser.add_argument("--bpd-images", type=int, default=360, help="held-out images for bits/dim (at most 360)")
     parser.add_argument("--output-dir", default=os.path.join("outputs", "demo"),
                         help="where the run, the exported pipeline and the PNG go")
     parser.add_argument("--num-samples", type=int, default=None, help="exact-score table: samples per sampler")
@@ -233,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="CPU threads (the tiny model gains little from more; on a busy machine more threads "
                              "can be much slower)")
     args = parser.parse_args(argv)
+    if args.fid_samples <= 64:
+        parser.error("--fid-samples must exceed the 64 feature dimensions of the digits classifier")
     torch.set_num_threads(args.threads)
 
     print("== 1. samplers against an exact score (Gaussian mixture of 4x4 images) ==")
@@ -243,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print("\n== 2. train a tiny DDPM++ (VP SDE) on scikit-learn's 8x8 digits ==")
     numbers = train_digits(os.path.join(args.output_dir, "digits-vp"), args.steps, args.seed, args.fid_samples,
-                           args.sample_steps)
+                           args.sample_steps, args.bpd_images)
     png = os.path.join(args.output_dir, "digits_samples.png")
     shutil.copyfile(os.path.join(numbers["result"].pipeline_dir, "samples.png"), png)
     print()
