@@ -9,7 +9,8 @@ evaluation are switched off: they are not per-step costs. A second bare loop wit
 ("minimal") shows what those cost.
 
 Rounds alternate the loops so that load from other processes hits both alike; the table reports the median
-over rounds of steps/s (the first step of each run excluded). Writes ``benchmarks/results/train_throughput.json``.
+over rounds of steps/s (the first step of each run excluded) and the overhead as the median over rounds of
+``1 - trainer / bare`` (paired within a round). Writes ``benchmarks/results/train_throughput.json``.
 
     python benchmarks/train_throughput.py                 # CPU, one thread
     python benchmarks/train_throughput.py --device cuda --mixed-precision bf16
@@ -126,9 +127,12 @@ def main() -> None:
             runs["trainer"].append(trainer_steps_per_second(preset, resolution, batch, args.steps, args))
             runs["bare (minimal)"].append(bare_steps_per_second(preset, resolution, batch, args.steps, args, True))
         medians = {k: statistics.median(v) for k, v in runs.items()}
-        overhead = 1.0 - medians["trainer"] / medians["bare (same algorithm)"]
+        # Each round runs the loops back to back, so a round's ratio sees the same background load on both sides.
+        ratios = [t / b for t, b in zip(runs["trainer"], runs["bare (same algorithm)"], strict=True)]
+        overhead = 1.0 - statistics.median(ratios)
         rows.append({"case": name, "preset": preset, "resolution": resolution, "batch_size": batch,
-                     "steps_per_second": medians, "runs": runs, "trainer_overhead": overhead})
+                     "steps_per_second": medians, "runs": runs, "paired_ratios": ratios,
+                     "trainer_overhead": overhead})
 
     print(f"\n{'case':38s} {'trainer':>9s} {'bare':>9s} {'minimal':>9s} {'overhead':>9s}   (steps/s, median of "
           f"{args.rounds} rounds x {args.steps} steps, {args.device}, {args.threads} thread(s))")
