@@ -224,7 +224,7 @@ def print_training_report(numbers: dict, png_path: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exact", action="store_true", help="only the exact-score sampler table, at full size")
-    parser.add_argument("--steps", type=int, default=3000, help="training steps (batch 128)")
+    parser.add_argument("--steps", type=int, default=2000, help="training steps (batch 128)")
     parser.add_argument("--sample-steps", type=int, default=250, help="noise levels of the PC sampler")
     parser.add_argument("--fid-samples", type=int, default=360, help="samples for the domain FID")
     parser.add_argument("--bpd-images", type=int, default=360, help="held-out images for bits/dim (at most 360)")
