@@ -339,7 +339,7 @@ def test_load_builtin_splits():
         load_builtin("mnist", "validation")
     with pytest.raises(ValueError, match="pass root="):
         load_builtin("cifar10", "test")
-    with pytest.raises(ValueError, match="only used for 'cifar10'"):
+    with pytest.raises(ValueError, match="root is not used for 'digits'"):
         load_builtin("digits", root=".")
 
 
@@ -432,3 +432,24 @@ def test_classifier_save_and_reload(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert classifier_info("mnist")["num_heldout"] == 2000
+
+
+def test_mnist_from_a_local_idx_folder(tmp_path):
+    """A folder of IDX files (plain or gzipped) loads like the shipped copy."""
+    import gzip
+    from importlib import resources
+
+    import pytest
+    import torch
+
+    from sde_diffusers.evaluation import load_builtin
+
+    shipped = resources.files("sde_diffusers") / "assets" / "mnist"
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        data = (shipped / name).read_bytes()
+        (tmp_path / name.removesuffix(".gz")).write_bytes(gzip.decompress(data))
+    images, labels = load_builtin("mnist", split="test", root=tmp_path)
+    ref_images, ref_labels = load_builtin("mnist", split="test")
+    assert torch.equal(images, ref_images) and torch.equal(labels, ref_labels)
+    with pytest.raises(FileNotFoundError, match="IDX"):
+        load_builtin("mnist", root=tmp_path.parent)

@@ -52,6 +52,53 @@ def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
+def _read_idx(path: Path) -> np.ndarray:
+    """An IDX file (optionally gzipped) as a uint8 array, shape from its header."""
+    data = path.read_bytes()
+    if path.suffix == ".gz":
+        data = gzip.decompress(data)
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+        raise ValueError(f"{str(path)!r} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def _mnist_from_folder(root: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST from a folder of the standard IDX files (``train-*`` and/or ``t10k-*``, gzipped or not).
+
+    With both sets present, ``train``/``test`` are the official splits. With only the test set (as in the
+    shipped copy), the same first-8,000 / last-2,000 split as the shipped data is used.
+    """
+    folder = Path(root)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"MNIST root {str(folder)!r} is not a folder")
+    pairs = {}
+    for prefix in ("train", "t10k"):
+        images = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
+        labels = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
+        if images and labels:
+            pairs[prefix] = (_read_idx(images), _read_idx(labels))
+    if not pairs:
+        raise FileNotFoundError(
+            f"no MNIST IDX files in {str(folder)!r}: expected t10k-images-idx3-ubyte[.gz] and "
+            "t10k-labels-idx1-ubyte[.gz] (and optionally the train-* pair)"
+        )
+    if "train" in pairs and "t10k" in pairs:
+        chosen = {"train": ["train"], "test": ["t10k"], "all": ["train", "t10k"]}[split]
+        return tuple(np.concatenate([pairs[k][i] for k in chosen]) for i in (0, 1))  # type: ignore[return-value]
+    images, labels = next(iter(pairs.values()))
+    sl = {"train": slice(0, _MNIST_TRAIN), "test": slice(_MNIST_TRAIN, None), "all": slice(None)}[split]
+    return images[sl], labels[sl]
+
+
 def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
@@ -98,24 +145,29 @@ def load_builtin(
         name (`str`): ``"digits"``, ``"mnist"`` or ``"cifar10"``.
         split (`str`, defaults to `"test"`): ``"train"``, ``"test"`` or (digits, MNIST) ``"all"``; see the
             module docstring for how the splits are made.
-        root (`str` or `os.PathLike`, *optional*): CIFAR-10 only, the folder holding ``train/`` and ``test/``.
+        root (`str` or `os.PathLike`, *optional*): for CIFAR-10 (required), the folder holding ``train/`` and
+            ``test/``; for MNIST (optional), a folder of the standard IDX files to read instead of the shipped
+            copy (with only the ``t10k-*`` pair, the splits are those of the shipped copy).
 
     Returns:
         `tuple[torch.Tensor, torch.Tensor]`: images `(N, C, H, W)` float32 in ``[0, 1]`` and labels `(N,)` int64.
     """
     if name not in BUILTIN_DATASETS:
         raise ValueError(f"name must be one of {BUILTIN_DATASETS}, got {name!r}")
-    if name != "cifar10" and root is not None:
-        raise ValueError(f"root is only used for 'cifar10'; {name!r} ships with the package")
+    if name == "digits" and root is not None:
+        raise ValueError("root is not used for 'digits' (it ships with scikit-learn)")
     if name == "digits":
         _check_split(name, split, ("train", "test", "all"))
         images, labels = _load_digits(split)
         x = torch.from_numpy(images).unsqueeze(1)
     elif name == "mnist":
         _check_split(name, split, ("train", "test", "all"))
-        raw_images, raw_labels = _mnist_arrays()
-        sl = {"train": slice(0, _MNIST_TRAIN), "test": slice(_MNIST_TRAIN, None), "all": slice(None)}[split]
-        images, labels = raw_images[sl], raw_labels[sl]
+        if root is not None:
+            images, labels = _mnist_from_folder(root, split)
+        else:
+            raw_images, raw_labels = _mnist_arrays()
+            sl = {"train": slice(0, _MNIST_TRAIN), "test": slice(_MNIST_TRAIN, None), "all": slice(None)}[split]
+            images, labels = raw_images[sl], raw_labels[sl]
         x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
     else:
         _check_split(name, split, ("train", "test"))
