@@ -116,6 +116,8 @@ class ExactScoreModel(ModelMixin, ConfigMixin):
         sde_type (`str`): `"ve"`, `"vp"` or `"subvp"`.
         sde_kwargs (`dict`, optional): constructor arguments of the SDE.
         prediction_type (`str`, defaults to `"epsilon"`): what to output.
+        in_channels (`int`, optional), sample_size (`int`, optional): derived from ``means`` for image-shaped data
+            (pipelines read them to size their noise); accepted so that a saved config reloads unchanged.
     """
 
     @register_to_config
@@ -127,6 +129,8 @@ class ExactScoreModel(ModelMixin, ConfigMixin):
         sde_type: str = "vp",
         sde_kwargs: dict | None = None,
         prediction_type: str = "epsilon",
+        in_channels: int | None = None,
+        sample_size: int | None = None,
     ) -> None:
         super().__init__()
         self.mixture = GaussianMixture(torch.tensor(means), stds, None if weights is None else torch.tensor(weights))
