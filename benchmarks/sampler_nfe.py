@@ -4,6 +4,8 @@ Data: a Gaussian mixture in ``--dim`` dimensions with components of different wi
 marginal and its score are exact (``sde_diffusers.toy``): the only error left is the sampler's. Every sampler
 starts from the same prior draw. Distance: sliced 2-Wasserstein (``--projections`` random directions) between
 the samples and as many fresh exact samples; the floor row is that distance between two exact sample sets.
+With 10,000 samples, distances within about 0.02 of the floor are sampling noise: the benchmark resolves the
+low-NFE regime, where the samplers differ.
 
 Samplers (for VE and VP):
 
