@@ -47,6 +47,7 @@ import json
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -132,7 +133,7 @@ def train_model(sde: str, settings: Settings, work_dir: Path, retrain: bool) -> 
         config = summary.get("config", {})
         if config.get("max_train_steps") == settings.train_steps and config.get("train_batch_size") == settings.train_batch:
             print(f"[train] {sde}: reusing {pipeline}", flush=True)
-            return {"pipeline": str(pipeline), **_train_record(summary, reused=True)}
+            return {"pipeline": _shown(pipeline), **_train_record(summary, reused=True)}
     print(f"[train] {sde}: {' '.join(command[2:])}", flush=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     start = time.perf_counter()
@@ -141,7 +142,15 @@ def train_model(sde: str, settings: Settings, work_dir: Path, retrain: bool) -> 
     summary = json.loads(summary_path.read_text())
     summary["benchmark_wall_time_s"] = seconds
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
-    return {"pipeline": str(pipeline), **_train_record(summary, reused=False)}
+    return {"pipeline": _shown(pipeline), **_train_record(summary, reused=False)}
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it (reports carry no machine paths)."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _train_record(summary: dict, reused: bool) -> dict:
@@ -229,6 +238,14 @@ def run_job(pipe, job, extractor, real, real_stats, settings: Settings) -> dict:
     }
 
 
+def data_floor(settings: Settings, extractor, real, real_stats) -> dict:
+    """Metrics of ``num_samples`` real training images (prepared like the samples): the best a model can score."""
+    train = load_reference("mnist", split="train", resolution=settings.resolution, channels=1)
+    fake = features_of(train.unit_range()[: settings.num_samples], extractor)
+    return {"num_samples": settings.num_samples,
+            **sample_quality(fake, real, real_statistics=real_stats, seed=settings.seed)}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------------------
@@ -247,6 +264,10 @@ def markdown(report: dict) -> str:
         "Lower is better; `nfe` is network evaluations per image.",
         "",
     ]
+    if report.get("data_floor"):
+        f = report["data_floor"]
+        lines += [f"Floor: {f['num_samples']} real training images (prepared the same way) score FID "
+                  f"{_fmt(f['fid'], 2)}, precision {f['precision']:.3f}, recall {f['recall']:.3f}.", ""]
     for sde, result in report["models"].items():
         grid = sorted({int(c["nfe_budget"]) for c in result["curves"] if c.get("nfe_budget") is not None})
         lines += [f"## {LABELS[sde]}", "", "| sampler | " + " | ".join(f"NFE {n}" for n in grid) + " |",
@@ -291,7 +312,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {LABELS[sde]} | {b['bits_per_dim']:.3f} ± {b['bits_per_dim_stderr']:.3f} | "
                      f"{b['num_images']} | {b['nfe']:.0f} | {t['steps']} | {_fmt(t['final_loss'], 4)} |")
     w = report["wall_time_s"]
-    lines += ["", f"Wall time: {w['total'] / 60:.1f} min (training {w['training'] / 60:.1f} min, sampling and "
+    cpu = f", CPU time {w['cpu'] / 60:.1f} min" if "cpu" in w else ""
+    lines += ["", f"Wall time: {w['total'] / 60:.1f} min{cpu} (training {w['training'] / 60:.1f} min, sampling and "
                   f"metrics {w['evaluation'] / 60:.1f} min, bits/dim {w['bits_per_dim'] / 60:.1f} min); one batched "
                   f"model call of {s['num_samples']} images: " + ", ".join(
                       f"{LABELS[k]} {v['model_call_s']:.3f} s" for k, v in report["models"].items()) + ".", ""]
@@ -307,6 +329,8 @@ def plot(report: dict, path: Path) -> None:
     sdes = list(report["models"])
     fig, axes = plt.subplots(1, len(sdes), figsize=(5.2 * len(sdes), 4.2), sharey=True, squeeze=False)
     markers = {"ode_adaptive": "*", "adaptive_sde": "P"}
+    names = list(STOCHASTIC + DETERMINISTIC + ADAPTIVE)
+    colours = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(names)}
     for ax, sde in zip(axes[0], sdes, strict=True):
         curves: dict[str, list] = {}
         for cell in report["models"][sde]["curves"]:
@@ -315,9 +339,11 @@ def plot(report: dict, path: Path) -> None:
             cells = sorted(cells, key=lambda c: c["nfe"])
             xs, ys = [c["nfe"] for c in cells], [c["fid"] for c in cells]
             if name in markers:
-                ax.scatter(xs, ys, marker=markers[name], s=120, label=name, zorder=3)
+                ax.scatter(xs, ys, marker=markers[name], s=120, label=name, zorder=3, color=colours.get(name))
             else:
-                ax.plot(xs, ys, marker="o", ms=3, label=name)
+                ax.plot(xs, ys, marker="o", ms=3, label=name, color=colours.get(name))
+        if report.get("data_floor"):
+            ax.axhline(report["data_floor"]["fid"], color="grey", ls=":", lw=1, label="real data (floor)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("NFE per image")
@@ -354,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table1-steps", type=int, default=None)
     parser.add_argument("--table1-samples", type=int, default=None)
     parser.add_argument("--out", default=None, help="output stem (default: benchmarks/results/quality_vs_nfe[_quick])")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rebuild the Markdown table and the figure from the existing JSON (adds the data floor "
+                             "if it is missing; no model is trained or sampled)")
     args = parser.parse_args(argv)
 
     settings = dataclasses.replace(QUICK if args.quick else FULL)
@@ -365,6 +394,19 @@ def main(argv: list[str] | None = None) -> int:
     stem = Path(args.out) if args.out else RESULTS / ("quality_vs_nfe_quick" if args.quick else "quality_vs_nfe")
     stem.parent.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
+    if args.report_only:
+        report = json.loads(stem.with_suffix(".json").read_text())
+        if "data_floor" not in report:
+            saved = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in report["settings"].items()})
+            extractor = load_feature_extractor("mnist")
+            reference = load_reference("mnist", split="test", resolution=saved.resolution, channels=1)
+            real = features_of(reference.unit_range(), extractor)
+            report["data_floor"] = data_floor(saved, extractor, real, FeatureStatistics.from_features(real))
+            stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        stem.with_suffix(".md").write_text(markdown(report))
+        plot(report, stem.with_suffix(".png"))
+        print(markdown(report))
+        return 0
     work_dir = Path(args.work_dir or ROOT / "outputs" / "quality_vs_nfe" / ("quick" if args.quick else "full"))
     start = time.perf_counter()
 
@@ -377,11 +419,12 @@ def main(argv: list[str] | None = None) -> int:
     reference = load_reference("mnist", split="test", resolution=settings.resolution, channels=1)
     real = features_of(reference.unit_range(), extractor)
     real_stats = FeatureStatistics.from_features(real)
+    floor = data_floor(settings, extractor, real, real_stats)
 
     pipes = {}
     plan = {}
     for sde in args.sdes:
-        pipe = ScoreSdePipeline.from_pretrained(trained[sde]["pipeline"])
+        pipe = ScoreSdePipeline.from_pretrained(str(ROOT / trained[sde]["pipeline"]))
         pipe.set_progress_bar_config(disable=True)
         # channels-last convolutions are ~15% faster on this CPU; results agree to float rounding
         pipe.unet.to(memory_format=torch.channels_last)
@@ -402,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         "feature_extractor": {"name": "mnist", "heldout_accuracy": classifier_info("mnist").get("heldout_accuracy"),
                               "input": "16x16 -> 28x28 bilinear (align_corners=False) for real and generated"},
         "reference": reference.info,
+        "data_floor": floor,
         "environment": {
             "date": datetime.date.today().isoformat(),
             "machine": f"{platform.processor() or platform.machine()}, shared 2-core CPU",
@@ -450,8 +494,13 @@ def main(argv: list[str] | None = None) -> int:
         table1[sde] = {row: [cells[key_of(c)]["fid"] if c is not None else None for c in row_cells]
                        for row, row_cells in rows.items()}
     report["table1"] = table1
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     report["wall_time_s"] = {"total": time.perf_counter() - start, "training": training_s,
-                             "evaluation": evaluation_s, "bits_per_dim": bpd_s}
+                             "evaluation": evaluation_s, "bits_per_dim": bpd_s,
+                             # CPU seconds of this process and its training subprocesses: on a loaded machine the
+                             # wall time is several times what the work costs on an idle core
+                             "cpu": sum(u.ru_utime + u.ru_stime for u in usage),
+                             "load_average": list(os.getloadavg())}
     save()
     text = markdown(report)
     stem.with_suffix(".md").write_text(text)
