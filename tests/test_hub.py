@@ -16,7 +16,6 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.pipelines import pipeline_loading_utils
 from huggingface_hub import ModelCard, create_repo, get_token, hf_hub_download, list_repo_files, model_info
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-from sde_diffusers.pipelines.pipeline_utils import COMPONENT_LIBRARY, SDEDiffusionPipeline
 
 import sde_diffusers
 from sde_diffusers.hub_utils import (
@@ -26,6 +25,7 @@ from sde_diffusers.hub_utils import (
     render_model_card,
     save_model_card,
 )
+from sde_diffusers.pipelines.pipeline_utils import COMPONENT_LIBRARY, SDEDiffusionPipeline
 
 
 class HubTestOffset(ModelMixin, ConfigMixin):
