@@ -27,8 +27,42 @@ from .metrics import (
     precision_recall,
 )
 from .outputs import FeatureExtractorOutput
+from .quality import (
+    ReferenceSet,
+    check_fid_sample_size,
+    extractor_input,
+    features_of,
+    heldout_bits_per_dim,
+    load_reference,
+    quantize_8bit,
+    sample_quality,
+)
+from .sampling import (
+    SAMPLERS,
+    SamplerInfo,
+    SamplingOutput,
+    SamplingPlan,
+    available_samplers,
+    draw_samples,
+    plan_sampling,
+)
 
 __all__ = [
+    "ReferenceSet",
+    "check_fid_sample_size",
+    "extractor_input",
+    "features_of",
+    "heldout_bits_per_dim",
+    "load_reference",
+    "quantize_8bit",
+    "sample_quality",
+    "SAMPLERS",
+    "SamplerInfo",
+    "SamplingOutput",
+    "SamplingPlan",
+    "available_samplers",
+    "draw_samples",
+    "plan_sampling",
     "BUILTIN_DATASETS",
     "CIFAR10_CLASSES",
     "FEATURE_EXTRACTORS",
