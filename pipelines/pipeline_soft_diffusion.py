@@ -34,6 +34,7 @@ from sde_diffusers.sampling.soft import SOFT_SAMPLERS
 from sde_diffusers.schedulers.scheduling_soft_diffusion import SoftDiffusionScheduler
 
 from .pipeline_score_sde import ScoreSdePipelineOutput, check_output_type, resolve_batch_size
+from .pipeline_score_sde_inverse import images_to_tensor
 from .pipeline_utils import SDEDiffusionPipeline
 
 __all__ = ["SoftDiffusionPipelineBase", "SoftDiffusionPipeline", "SoftDiffusionInpaintPipeline"]
@@ -52,60 +53,16 @@ def _check_int(name: str, value: object, minimum: int = 1) -> int:
 
 
 def _images_to_tensor(images: object, name: str, channels: int) -> torch.Tensor:
-    """Images as float32 ``(batch, channels, height, width)`` in ``[0, 1]``.
+    """Images as float32 ``(batch, channels, height, width)`` in ``[0, 1]`` (see ``images_to_tensor``).
 
-    Accepted: a PIL image or a list of them (converted to ``"L"`` or ``"RGB"`` to match ``channels``); a numpy
-    array ``(H, W)``, ``(H, W, C)`` or ``(B, H, W, C)``; a torch tensor ``(H, W)``, ``(C, H, W)`` or
-    ``(B, C, H, W)``. ``uint8`` is divided by 255, ``bool`` becomes 0/1, floats must lie in ``[0, 1]``.
+    PIL images are first converted to ``"L"`` or ``"RGB"`` to match ``channels``.
     """
+    mode = "L" if channels == 1 else "RGB"
     if isinstance(images, PIL.Image.Image):
         images = [images]
-    if isinstance(images, (list, tuple)):
-        if not images or not all(isinstance(im, PIL.Image.Image) for im in images):
-            raise TypeError(f"`{name}` as a list must be a non-empty list of PIL images.")
-        mode = "L" if channels == 1 else "RGB"
-        arrays = [np.asarray(im.convert(mode)) for im in images]
-        if len({a.shape for a in arrays}) != 1:
-            raise ValueError(f"the images in `{name}` must all have one size, got {[a.shape for a in arrays]}.")
-        stacked = np.stack(arrays)
-        tensor = torch.from_numpy(stacked[..., None] if stacked.ndim == 3 else stacked).permute(0, 3, 1, 2)
-    elif isinstance(images, np.ndarray):
-        array = images[..., None] if images.ndim == 2 else images
-        array = array[None] if array.ndim == 3 else array
-        if array.ndim != 4:
-            raise ValueError(f"`{name}` as a numpy array must be (H, W), (H, W, C) or (B, H, W, C), got {images.shape}.")
-        tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
-    elif isinstance(images, torch.Tensor):
-        tensor = images.detach().cpu()
-        tensor = tensor[None] if tensor.dim() == 2 else tensor
-        tensor = tensor[None] if tensor.dim() == 3 else tensor
-        if tensor.dim() != 4:
-            raise ValueError(
-                f"`{name}` as a torch tensor must be (H, W), (C, H, W) or (B, C, H, W), got {tuple(images.shape)}."
-            )
-    else:
-        raise TypeError(
-            f"`{name}` must be a PIL image, a list of PIL images, a numpy array or a torch tensor, "
-            f"got {type(images).__name__}."
-        )
-    if tensor.dtype == torch.uint8:
-        tensor = tensor.float() / 255.0
-    elif tensor.dtype == torch.bool:
-        tensor = tensor.float()
-    elif tensor.is_floating_point():
-        tensor = tensor.float()
-        if not bool(torch.isfinite(tensor).all()):
-            raise ValueError(f"`{name}` contains NaN or infinite values.")
-        if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
-            raise ValueError(
-                f"`{name}` must have values in [0, 1] (uint8 is divided by 255), got values in "
-                f"[{tensor.min().item():.4g}, {tensor.max().item():.4g}]."
-            )
-    else:
-        raise TypeError(f"`{name}` must be uint8, bool or floating point, got dtype {tensor.dtype}.")
-    if tensor.shape[0] == 0:
-        raise ValueError(f"`{name}` is empty.")
-    return tensor.contiguous()
+    if isinstance(images, (list, tuple)) and images and all(isinstance(im, PIL.Image.Image) for im in images):
+        images = [im.convert(mode) for im in images]
+    return images_to_tensor(images, name, pil_modes=(mode,))
 
 
 # ---------------------------------------------------------------------------------------------------------
