@@ -156,12 +156,7 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
             num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs, sampler,
             sampler_options,
         )
-        if sampler != "scheduler" and "replacement" in str(method):
-            raise ValueError(
-                f"method={method!r} projects known pixels after each scheduler step; sampler={sampler!r} has no such "
-                "steps: use method='guidance'."
-            )
-        self.check_method_inputs(method, guidance_scale, guidance_variance)
+        self.check_method_inputs(method, guidance_scale, guidance_variance, sampler)
         channels, _, _ = self._sample_shape_from_config()
         if channels != 3:
             raise ValueError(f"colorization needs a UNet of 3-channel (RGB) images; this one has {channels} channel(s).")

@@ -100,12 +100,7 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
             num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs, sampler,
             sampler_options,
         )
-        if sampler != "scheduler" and "replacement" in str(method):
-            raise ValueError(
-                f"method={method!r} projects known pixels after each scheduler step; sampler={sampler!r} has no such "
-                "steps: use method='guidance'."
-            )
-        self.check_method_inputs(method, guidance_scale, guidance_variance)
+        self.check_method_inputs(method, guidance_scale, guidance_variance, sampler)
         pixels = images_to_tensor(image, "image")
         mask = self._prepare_mask(mask_image, mask_threshold, pixels)
         labels = self.check_class_inputs(class_labels, classifier_scale, batch_size)

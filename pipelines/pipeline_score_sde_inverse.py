@@ -210,8 +210,15 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
     """Base of the inpainting and colorization pipelines: builds the conditioning for a :class:`LinearObservation`."""
 
     @staticmethod
-    def check_method_inputs(method: object, guidance_scale: object, guidance_variance: object) -> None:
-        """Validate ``method``, ``guidance_scale`` and ``guidance_variance``."""
+    def check_method_inputs(
+        method: object, guidance_scale: object, guidance_variance: object, sampler: str = "scheduler"
+    ) -> None:
+        """Validate ``method`` (and that it fits ``sampler``), ``guidance_scale`` and ``guidance_variance``."""
+        if sampler != "scheduler" and "replacement" in str(method):
+            raise ValueError(
+                f"method={method!r} projects known pixels after each scheduler step; sampler={sampler!r} has no such "
+                "steps: use method='guidance'."
+            )
         if method not in INVERSE_METHODS:
             raise ValueError(f"`method` must be one of {INVERSE_METHODS}, got {method!r}.")
         _check_number("guidance_scale", guidance_scale, 0.0)
