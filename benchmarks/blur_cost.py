@@ -79,7 +79,8 @@ def main() -> None:
             dct_ms = best_time(lambda x=x, s=sigma: blur(x, s), args.repeats, device)
             dct_ps_ms = best_time(lambda x=x, s=per_sample: blur(x, s), args.repeats, device)
             scipy_ms = best_time(
-                lambda x=x_np, s=sigma: scipy.ndimage.gaussian_filter(x, (0, 0, s, s), mode="reflect"), args.repeats
+                lambda x=x_np, s=sigma: scipy.ndimage.gaussian_filter(x, (0, 0, s, s), mode="reflect"),
+                args.repeats,
             )
             ref = scipy.ndimage.gaussian_filter(x_np.astype(np.float64), (0, 0, sigma, sigma), mode="reflect")
             max_abs = float(np.abs(blur(x, sigma).double().cpu().numpy() - ref).max())
@@ -94,7 +95,10 @@ def main() -> None:
                 }
             )
 
-    header = f"{'size':>5} {'sigma':>6} {'dct ms':>9} {'dct/sample ms':>14} {'scipy ms':>10} {'scipy/dct':>10} {'max|diff|':>10}"
+    header = (
+        f"{'size':>5} {'sigma':>6} {'dct ms':>9} {'dct/sample ms':>14} "
+        f"{'scipy ms':>10} {'scipy/dct':>10} {'max|diff|':>10}"
+    )
     print(
         f"batch {args.batch} x {args.channels} channels, float32, {device}, torch threads {args.threads}, "
         f"best of {args.repeats}"

@@ -90,13 +90,33 @@ def inpainting_problems() -> list[Problem]:
         return torch.tensor([[[known, unknown], [known, unknown]]]).expand(k, 1, 2, 2).clone()
 
     problems = [
-        Problem("two-modes", "inpaint", torch.stack([pattern(0.2, 0.7), pattern(-0.2, -0.7)]), stds(0.3, 0.1, 2),
-                torch.tensor([0.5, 0.5]), (pattern(0.1, 0.0) + 1) / 2, mask),
-        Problem("unequal-prior", "inpaint", torch.stack([pattern(0.2, 0.7), pattern(-0.2, -0.7)]), stds(0.3, 0.1, 2),
-                torch.tensor([0.8, 0.2]), (pattern(-0.15, 0.0) + 1) / 2, mask),
-        Problem("three-modes", "inpaint",
-                torch.stack([pattern(0.3, 0.7), pattern(0.0, -0.7), pattern(-0.3, 0.0)]), stds(0.25, 0.1, 3),
-                torch.tensor([0.3, 0.3, 0.4]), (pattern(0.2, 0.0) + 1) / 2, mask),
+        Problem(
+            "two-modes",
+            "inpaint",
+            torch.stack([pattern(0.2, 0.7), pattern(-0.2, -0.7)]),
+            stds(0.3, 0.1, 2),
+            torch.tensor([0.5, 0.5]),
+            (pattern(0.1, 0.0) + 1) / 2,
+            mask,
+        ),
+        Problem(
+            "unequal-prior",
+            "inpaint",
+            torch.stack([pattern(0.2, 0.7), pattern(-0.2, -0.7)]),
+            stds(0.3, 0.1, 2),
+            torch.tensor([0.8, 0.2]),
+            (pattern(-0.15, 0.0) + 1) / 2,
+            mask,
+        ),
+        Problem(
+            "three-modes",
+            "inpaint",
+            torch.stack([pattern(0.3, 0.7), pattern(0.0, -0.7), pattern(-0.3, 0.0)]),
+            stds(0.25, 0.1, 3),
+            torch.tensor([0.3, 0.3, 0.4]),
+            (pattern(0.2, 0.0) + 1) / 2,
+            mask,
+        ),
     ]
     for p in problems:
         p.image = p.image.clamp(0, 1)
@@ -137,9 +157,11 @@ SCHEDULERS = {
     "VP Euler-Maruyama": lambda: VPSDEScheduler(),
     "VP DDIM (Diffusers, eta = 0)": lambda: DDIMScheduler(),
 }
-SDE_TYPES = {"VE PC (reverse diffusion + Langevin)": ("ve", {"sigma_max": 10.0}, "score"),
-             "VP Euler-Maruyama": ("vp", {}, "epsilon"),
-             "VP DDIM (Diffusers, eta = 0)": ("vp", {}, "epsilon")}
+SDE_TYPES = {
+    "VE PC (reverse diffusion + Langevin)": ("ve", {"sigma_max": 10.0}, "score"),
+    "VP Euler-Maruyama": ("vp", {}, "epsilon"),
+    "VP DDIM (Diffusers, eta = 0)": ("vp", {}, "epsilon"),
+}
 METHODS = {
     "replacement (paper)": dict(method="replacement"),
     "guidance, v = 1 (Pi-GDM)": dict(method="guidance", guidance_variance=1.0),
@@ -163,43 +185,84 @@ def gaussian_colorization(samples: int, steps: int, schedulers: list[str]) -> li
     h = w = 4
     means = mu.view(1, 3, 1, 1).expand(1, 3, h, w)
     stds = sd.view(1, 3, 1, 1).expand(1, 3, h, w)
-    problem = Problem("gaussian", "colorize", means.float(), stds.float(), torch.tensor([1.0]),
-                      torch.full((1, h, w), (grey_net + 1) / 2))
-    print(f"\ncolorize / gaussian pixels: exact conditional colour mean {exact_mean.numpy().round(3)}, "
-          f"std {exact_cov.diagonal().sqrt().numpy().round(3)} (prior mean {mu.numpy()}, std {sd.numpy()})")
+    problem = Problem(
+        "gaussian",
+        "colorize",
+        means.float(),
+        stds.float(),
+        torch.tensor([1.0]),
+        torch.full((1, h, w), (grey_net + 1) / 2),
+    )
+    print(
+        f"\ncolorize / gaussian pixels: exact conditional colour mean {exact_mean.numpy().round(3)}, "
+        f"std {exact_cov.diagonal().sqrt().numpy().round(3)} (prior mean {mu.numpy()}, std {sd.numpy()})"
+    )
     print(f"{'scheduler':38s} {'method':32s} {'max |mean error|':>17s} {'max |std error|':>16s} {'NFE':>5s}")
     rows = []
     for scheduler_name in schedulers:
         sde_type, sde_kwargs, prediction = SDE_TYPES[scheduler_name]
-        model = ExactScoreModel(problem.means.tolist(), problem.stds.tolist(), sde_type=sde_type,
-                                sde_kwargs=sde_kwargs, prediction_type=prediction)
+        model = ExactScoreModel(
+            problem.means.tolist(),
+            problem.stds.tolist(),
+            sde_type=sde_type,
+            sde_kwargs=sde_kwargs,
+            prediction_type=prediction,
+        )
         pipe = ScoreSdeColorizationPipeline(model, SCHEDULERS[scheduler_name]())
         pipe.set_progress_bar_config(disable=True)
         for method_name, method in METHODS.items():
-            out = pipe(problem.image, batch_size=samples, num_inference_steps=steps, output_type="pt",
-                       generator=torch.Generator().manual_seed(0), **method)
+            out = pipe(
+                problem.image,
+                batch_size=samples,
+                num_inference_steps=steps,
+                output_type="pt",
+                generator=torch.Generator().manual_seed(0),
+                **method,
+            )
             colours = (2 * out.images.double() - 1).permute(0, 2, 3, 1).reshape(-1, 3)
             mean_err = float((colours.mean(0) - exact_mean).abs().max())
             std_err = float((colours.std(0) - exact_cov.diagonal().sqrt()).abs().max())
             print(f"{scheduler_name:38s} {method_name:32s} {mean_err:17.4f} {std_err:16.4f} {out.nfe:5d}")
-            rows.append({"task": "colorize", "problem": "gaussian", "scheduler": scheduler_name,
-                         "method": method_name, "samples": samples, "steps": steps,
-                         "max_mean_error": round(mean_err, 4), "max_std_error": round(std_err, 4),
-                         "mc_mean_error": round(float(sd.max()) / math.sqrt(samples * h * w), 4), "nfe": out.nfe})
+            rows.append(
+                {
+                    "task": "colorize",
+                    "problem": "gaussian",
+                    "scheduler": scheduler_name,
+                    "method": method_name,
+                    "samples": samples,
+                    "steps": steps,
+                    "max_mean_error": round(mean_err, 4),
+                    "max_std_error": round(std_err, 4),
+                    "mc_mean_error": round(float(sd.max()) / math.sqrt(samples * h * w), 4),
+                    "nfe": out.nfe,
+                }
+            )
     return rows
 
 
 def run(problem: Problem, scheduler_name: str, method: dict, samples: int, steps: int, seed: int = 0) -> dict:
     sde_type, sde_kwargs, prediction = SDE_TYPES[scheduler_name]
-    model = ExactScoreModel(problem.means.tolist(), problem.stds.tolist(), problem.weights.tolist(),
-                            sde_type=sde_type, sde_kwargs=sde_kwargs, prediction_type=prediction)
+    model = ExactScoreModel(
+        problem.means.tolist(),
+        problem.stds.tolist(),
+        problem.weights.tolist(),
+        sde_type=sde_type,
+        sde_kwargs=sde_kwargs,
+        prediction_type=prediction,
+    )
     cls = ScoreSdeInpaintPipeline if problem.kind == "inpaint" else ScoreSdeColorizationPipeline
     pipe = cls(model, SCHEDULERS[scheduler_name]())
     pipe.set_progress_bar_config(disable=True)
     args = (problem.image, problem.mask) if problem.kind == "inpaint" else (problem.image,)
     start = time.perf_counter()
-    out = pipe(*args, batch_size=samples, num_inference_steps=steps, output_type="pt",
-               generator=torch.Generator().manual_seed(seed), **method)
+    out = pipe(
+        *args,
+        batch_size=samples,
+        num_inference_steps=steps,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(seed),
+        **method,
+    )
     seconds = time.perf_counter() - start
     k = problem.assign(out.images)
     sampled = torch.bincount(k, minlength=len(problem.weights)).double() / samples
@@ -235,11 +298,17 @@ def plot(results: list[dict], path: str) -> None:
         ax.axhline(rows[0]["exact"][0], color="k", lw=1.5, label="exact posterior")
         ax.axhline(priors[(task, name)], color="grey", lw=1, ls=":", label="prior")
         for j, scheduler in enumerate(schedulers):
-            ys = [next(r["sampled"][0] for r in rows if r["method"] == m and r["scheduler"] == scheduler)
-                  for m in methods]
+            ys = [
+                next(r["sampled"][0] for r in rows if r["method"] == m and r["scheduler"] == scheduler)
+                for m in methods
+            ]
             ax.plot(range(len(methods)), ys, markers[j % len(markers)], ms=6, alpha=0.8, label=scheduler)
-        ax.set_xticks(range(len(methods)), [m.split(" (")[0].replace(", ", "\n") for m in methods], fontsize=7,
-                      rotation=30)
+        ax.set_xticks(
+            range(len(methods)),
+            [m.split(" (")[0].replace(", ", "\n") for m in methods],
+            fontsize=7,
+            rotation=30,
+        )
         ax.set_title(f"{task}: {name}", fontsize=9)
     axes[0].set_ylabel("sampled weight of mode 1")
     axes[-1].legend(fontsize=7, loc="best")
@@ -253,7 +322,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="one scheduler, fewer samples")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "conditional_accuracy.json"))
+    parser.add_argument(
+        "--out", default=os.path.join(os.path.dirname(__file__), "results", "conditional_accuracy.json")
+    )
     parser.add_argument("--plot-only", action="store_true", help="redraw the figure from an existing --out JSON")
     args = parser.parse_args()
     figure = os.path.splitext(args.out)[0] + ".png"
@@ -269,17 +340,30 @@ def main() -> None:
         exact = problem.posterior_weights()
         # A perfect sampler's expected TV distance is about sqrt(K / (2 pi n)) (sum of K half-normal errors / 2).
         noise_tv = 0.5 * sum(math.sqrt(2 * float(p) * (1 - float(p)) / (math.pi * samples)) for p in exact)
-        print(f"\n{problem.kind} / {problem.name}: exact posterior weights {[round(float(v), 3) for v in exact]}, "
-              f"prior {problem.weights.tolist()}, Monte-Carlo TV of an exact sampler ~ {noise_tv:.3f}")
+        print(
+            f"\n{problem.kind} / {problem.name}: exact posterior weights {[round(float(v), 3) for v in exact]}, "
+            f"prior {problem.weights.tolist()}, Monte-Carlo TV of an exact sampler ~ {noise_tv:.3f}"
+        )
         print(f"{'scheduler':38s} {'method':32s} {'sampled weights':26s} {'TV':>6s} {'NFE':>5s} {'s':>6s}")
         for scheduler_name in schedulers:
             for method_name, method in METHODS.items():
                 r = run(problem, scheduler_name, method, samples, args.steps)
-                print(f"{scheduler_name:38s} {method_name:32s} {str(r['sampled']):26s} {r['tv']:6.3f} {r['nfe']:5d} "
-                      f"{r['seconds']:6.1f}")
-                results.append({"task": problem.kind, "problem": problem.name, "scheduler": scheduler_name,
-                                "method": method_name, "samples": samples, "steps": args.steps,
-                                "mc_tv": round(noise_tv, 4), **r})
+                print(
+                    f"{scheduler_name:38s} {method_name:32s} {str(r['sampled']):26s} {r['tv']:6.3f} {r['nfe']:5d} "
+                    f"{r['seconds']:6.1f}"
+                )
+                results.append(
+                    {
+                        "task": problem.kind,
+                        "problem": problem.name,
+                        "scheduler": scheduler_name,
+                        "method": method_name,
+                        "samples": samples,
+                        "steps": args.steps,
+                        "mc_tv": round(noise_tv, 4),
+                        **r,
+                    }
+                )
     results += gaussian_colorization(samples, args.steps, schedulers)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:

@@ -204,8 +204,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: the machine is shared)")
     parser.add_argument("--unit-repeats", type=int, default=20)
-    parser.add_argument("--allow-tf32", action="store_true",
-                        help="allow TF32 on CUDA (off by default: its ~1e-3 rounding is far above rtol = 1e-5)")
+    parser.add_argument(
+        "--allow-tf32",
+        action="store_true",
+        help="allow TF32 on CUDA (off by default: its ~1e-3 rounding is far above rtol = 1e-5)",
+    )
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -237,38 +240,85 @@ def main(argv=None) -> int:
 
     def record(name, bpd, nfe, seconds, **settings):
         # The unit cost is re-measured next to every row: on a shared machine the load drifts during a run.
-        local_unit = 0.5 * (unit_cost(score_fn, sde, x, probe, device, 5) + unit_cost(score_fn, sde, x, probe, device, 5))
-        rows.append({"name": name, **settings, "nfe": nfe, "seconds": seconds, "unit_seconds": local_unit,
-                     "seconds_per_nfe_unit": seconds / (nfe * local_unit), "bits_per_dim": float(bpd.mean()),
-                     "per_image": bpd})
-        print(f"  {name:<28} nfe {nfe:5d}  {seconds:8.2f} s  {seconds / (nfe * local_unit):5.2f} x NFE*unit  "
-              f"bpd {float(bpd.mean()):.4f}")
+        local_unit = 0.5 * (
+            unit_cost(score_fn, sde, x, probe, device, 5) + unit_cost(score_fn, sde, x, probe, device, 5)
+        )
+        rows.append(
+            {
+                "name": name,
+                **settings,
+                "nfe": nfe,
+                "seconds": seconds,
+                "unit_seconds": local_unit,
+                "seconds_per_nfe_unit": seconds / (nfe * local_unit),
+                "bits_per_dim": float(bpd.mean()),
+                "per_image": bpd,
+            }
+        )
+        print(
+            f"  {name:<28} nfe {nfe:5d}  {seconds:8.2f} s  {seconds / (nfe * local_unit):5.2f} x NFE*unit  "
+            f"bpd {float(bpd.mean()):.4f}"
+        )
 
     # warm-up (allocator, kernels) so the first timed method is not penalised
     ours(method="dopri5", rtol=1e-2, atol=1e-2)
 
     ref_bpd, ref_nfe = None, None
     (ref_bpd, ref_nfe), seconds = timed(lambda: reference_likelihood(score_fn, sde, x, probe, offset_bits), device)
-    record("reference (scipy RK45)", ref_bpd.double().cpu(), ref_nfe, seconds, method="RK45", tol=1e-5,
-           step_control="batch")
+    record(
+        "reference (scipy RK45)",
+        ref_bpd.double().cpu(),
+        ref_nfe,
+        seconds,
+        method="RK45",
+        tol=1e-5,
+        step_control="batch",
+    )
     for step_control in ("batch", "per_sample"):
         bpd, nfe, seconds = ours(method="dopri5", rtol=1e-5, atol=1e-5, step_control=step_control)
-        record(f"ours dopri5 1e-5 {step_control}", bpd, nfe, seconds, method="dopri5", tol=1e-5,
-               step_control=step_control)
+        record(
+            f"ours dopri5 1e-5 {step_control}",
+            bpd,
+            nfe,
+            seconds,
+            method="dopri5",
+            tol=1e-5,
+            step_control=step_control,
+        )
     bpd, nfe, seconds = ours(method="torchdiffeq:dopri5", rtol=1e-5, atol=1e-5)
-    record("torchdiffeq dopri5 1e-5", bpd, nfe, seconds, method="torchdiffeq:dopri5", tol=1e-5, step_control="batch")
+    record(
+        "torchdiffeq dopri5 1e-5",
+        bpd,
+        nfe,
+        seconds,
+        method="torchdiffeq:dopri5",
+        tol=1e-5,
+        step_control="batch",
+    )
     tight_bpd, nfe, seconds = ours(method="dopri5", rtol=1e-6, atol=1e-6)
-    record("tight: ours dopri5 1e-6", tight_bpd, nfe, seconds, method="dopri5", tol=1e-6, step_control="per_sample")
+    record(
+        "tight: ours dopri5 1e-6",
+        tight_bpd,
+        nfe,
+        seconds,
+        method="dopri5",
+        tol=1e-6,
+        step_control="per_sample",
+    )
     for method in ("dopri5", "bosh3"):
         for tol in (1e-4, 1e-3, 1e-2):
             bpd, nfe, seconds = ours(method=method, rtol=tol, atol=tol)
             record(f"ours {method} {tol:g}", bpd, nfe, seconds, method=method, tol=tol, step_control="per_sample")
 
     syncs = count_host_syncs(device, lambda: ours(method="dopri5", rtol=1e-5, atol=1e-5))
-    syncs_ref = count_host_syncs(device, lambda: reference_likelihood(score_fn, sde, x, probe, offset_bits, rtol=1e-3, atol=1e-3))
+    syncs_ref = count_host_syncs(
+        device, lambda: reference_likelihood(score_fn, sde, x, probe, offset_bits, rtol=1e-3, atol=1e-3)
+    )
     if syncs is not None:
-        print(f"host synchronisations during one solve: ours {syncs[0]} for {syncs[1][1]} evaluations; "
-              f"reference {syncs_ref[0]} for {syncs_ref[1][1]} evaluations (at 1e-3)")
+        print(
+            f"host synchronisations during one solve: ours {syncs[0]} for {syncs[1][1]} evaluations; "
+            f"reference {syncs_ref[0]} for {syncs_ref[1][1]} evaluations (at 1e-3)"
+        )
 
     ref = rows[0]
     tight = float(tight_bpd.mean())
@@ -289,8 +339,14 @@ def main(argv=None) -> int:
         "a_per_sample_default_delta_bpd": equal_default["delta_bpd_vs_reference"],
         "a_per_sample_default_speedup": equal_default["speedup_vs_reference"],
         "reference_time_over_nfe_unit": ref["seconds_per_nfe_unit"],
-        "host_syncs_per_solve": None if syncs is None else {"ours": syncs[0], "ours_nfe": syncs[1][1],
-                                                             "reference": syncs_ref[0], "reference_nfe": syncs_ref[1][1]},
+        "host_syncs_per_solve": None
+        if syncs is None
+        else {
+            "ours": syncs[0],
+            "ours_nfe": syncs[1][1],
+            "reference": syncs_ref[0],
+            "reference_nfe": syncs_ref[1][1],
+        },
         "b_fastest_within_0.01": fastest["name"] if fastest else None,
         "b_delta_bpd_vs_tight": fastest["delta_bpd_vs_tight"] if fastest else None,
         "b_speedup_vs_reference": fastest["speedup_vs_reference"] if fastest else None,
@@ -302,22 +358,34 @@ def main(argv=None) -> int:
     }
 
     print()
-    header = f"| {'method':<28} | {'NFE':>5} | {'time (s)':>8} | {'x NFE*unit':>10} | {'bits/dim':>8} | " \
-             f"{'Δ vs ref':>8} | {'Δ vs tight':>10} | {'speed-up':>8} |"
+    header = (
+        f"| {'method':<28} | {'NFE':>5} | {'time (s)':>8} | {'x NFE*unit':>10} | {'bits/dim':>8} | "
+        f"{'Δ vs ref':>8} | {'Δ vs tight':>10} | {'speed-up':>8} |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for r in rows:
-        print(f"| {r['name']:<28} | {r['nfe']:>5} | {r['seconds']:>8.2f} | {r['seconds_per_nfe_unit']:>10.2f} | "
-              f"{r['bits_per_dim']:>8.4f} | {r['delta_bpd_vs_reference']:>+8.4f} | {r['delta_bpd_vs_tight']:>+10.4f} | "
-              f"{r['speedup_vs_reference']:>7.2f}x |")
+        print(
+            f"| {r['name']:<28} | {r['nfe']:>5} | {r['seconds']:>8.2f} | {r['seconds_per_nfe_unit']:>10.2f} | "
+            f"{r['bits_per_dim']:>8.4f} | {r['delta_bpd_vs_reference']:>+8.4f} | {r['delta_bpd_vs_tight']:>+10.4f} | "
+            f"{r['speedup_vs_reference']:>7.2f}x |"
+        )
     print()
     print(json.dumps(summary, indent=2))
 
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     entry = {
-        "device": str(device), "device_name": device_name, "torch": torch.__version__, "threads": args.threads,
-        "batch_size": len(x), "image_shape": list(x.shape[1:]), "sde": sde.config | {"type": type(sde).__name__},
-        "model": model_info, "unit_seconds": unit, "rows": rows, "summary": summary,
+        "device": str(device),
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "threads": args.threads,
+        "batch_size": len(x),
+        "image_shape": list(x.shape[1:]),
+        "sde": sde.config | {"type": type(sde).__name__},
+        "model": model_info,
+        "unit_seconds": unit,
+        "rows": rows,
+        "summary": summary,
     }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

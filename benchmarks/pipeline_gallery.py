@@ -33,7 +33,9 @@ from sde_diffusers.pipelines.pipeline_score_sde_colorization import grey_level
 
 
 def _tile(images: list[Image.Image], rows: int, cols: int, scale: int) -> Image.Image:
-    images = [im.convert("RGB").resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images]
+    images = [
+        im.convert("RGB").resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST) for im in images
+    ]
     return make_image_grid(images, rows=rows, cols=cols)
 
 
@@ -45,7 +47,9 @@ def _to_pil(x: torch.Tensor) -> Image.Image:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", help="saved pipeline folder or Hub repo id")
-    parser.add_argument("--data", default="digits", help="built-in data set of held-out inputs: digits, mnist, cifar10")
+    parser.add_argument(
+        "--data", default="digits", help="built-in data set of held-out inputs: digits, mnist, cifar10"
+    )
     parser.add_argument("--data-root", default=None, help="CIFAR-10 folder (for --data cifar10)")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--examples", type=int, default=4, help="held-out images to inpaint / colorize")
@@ -56,7 +60,11 @@ def main() -> None:
     args = parser.parse_args()
 
     loaded = SDEDiffusionPipeline.from_pretrained(args.model_dir)
-    parts = {"unet": loaded.unet, "scheduler": loaded.scheduler, "classifier": getattr(loaded, "classifier", None)}
+    parts = {
+        "unet": loaded.unet,
+        "scheduler": loaded.scheduler,
+        "classifier": getattr(loaded, "classifier", None),
+    }
     images, labels = load_builtin(args.data, "test", root=args.data_root)
     channels, size = loaded.unet.config.in_channels, images.shape[-1]
     scale = args.scale or max(1, 48 // size)
@@ -80,7 +88,7 @@ def main() -> None:
     # Inpainting: the lower half of held-out images.
     pipe = ScoreSdeInpaintPipeline(**parts)
     mask = torch.zeros(1, size, size)
-    mask[:, size // 2:] = 1.0
+    mask[:, size // 2 :] = 1.0
     rows = []
     for i in range(args.examples):
         original = images[i]
@@ -90,14 +98,24 @@ def main() -> None:
         row = [_to_pil(original), _to_pil(masked)]
         for method in ("replacement", "guidance"):
             kw = {"class_labels": int(labels[i])} if pipe.num_unet_classes else {}
-            row += pipe(original, mask, batch_size=args.completions, num_inference_steps=args.steps, method=method,
-                        generator=gen(), **kw).images
+            row += pipe(
+                original,
+                mask,
+                batch_size=args.completions,
+                num_inference_steps=args.steps,
+                method=method,
+                generator=gen(),
+                **kw,
+            ).images
         rows.append(row)
     if rows:
         _tile([im for row in rows for im in row], len(rows), len(rows[0]), scale).save(
-            os.path.join(args.out, "gallery_inpainting.png"))
-        print(f"wrote {os.path.join(args.out, 'gallery_inpainting.png')} (original | input | replacement x "
-              f"{args.completions} | guidance x {args.completions})")
+            os.path.join(args.out, "gallery_inpainting.png")
+        )
+        print(
+            f"wrote {os.path.join(args.out, 'gallery_inpainting.png')} (original | input | replacement x "
+            f"{args.completions} | guidance x {args.completions})"
+        )
 
     # Colorization: colour models only.
     if channels == 3:
@@ -107,11 +125,17 @@ def main() -> None:
             grey = grey_level(images[i : i + 1])[0]
             row = [_to_pil(images[i]), _to_pil(grey.expand(3, -1, -1))]
             for method in ("replacement", "guidance"):
-                row += pipe(grey, batch_size=args.completions, num_inference_steps=args.steps, method=method,
-                            generator=gen()).images
+                row += pipe(
+                    grey,
+                    batch_size=args.completions,
+                    num_inference_steps=args.steps,
+                    method=method,
+                    generator=gen(),
+                ).images
             rows.append(row)
         _tile([im for row in rows for im in row], len(rows), len(rows[0]), scale).save(
-            os.path.join(args.out, "gallery_colorization.png"))
+            os.path.join(args.out, "gallery_colorization.png")
+        )
         print(f"wrote {os.path.join(args.out, 'gallery_colorization.png')}")
 
 

@@ -100,14 +100,34 @@ class Settings:
 
 
 FULL = Settings(
-    train_steps=2000, train_batch=64, learning_rate=1e-3, warmup_steps=100, num_samples=500,
-    nfe_grid=(10, 20, 50, 100), ode_tolerances=(1e-3,), sde_tolerances=(0.05,), table1_steps=50,
-    table1_samples=500, table1_sdes=("ve", "vp", "subvp"), bpd_images=64, bpd_tolerance=1e-5,
+    train_steps=2000,
+    train_batch=64,
+    learning_rate=1e-3,
+    warmup_steps=100,
+    num_samples=500,
+    nfe_grid=(10, 20, 50, 100),
+    ode_tolerances=(1e-3,),
+    sde_tolerances=(0.05,),
+    table1_steps=50,
+    table1_samples=500,
+    table1_sdes=("ve", "vp", "subvp"),
+    bpd_images=64,
+    bpd_tolerance=1e-5,
 )
 QUICK = Settings(
-    train_steps=400, train_batch=64, learning_rate=1e-3, warmup_steps=50, num_samples=200,
-    nfe_grid=(10, 20, 50), ode_tolerances=(1e-2,), sde_tolerances=(0.1,), table1_steps=10, table1_samples=200,
-    table1_sdes=("ve", "vp", "subvp"), bpd_images=16, bpd_tolerance=1e-4,
+    train_steps=400,
+    train_batch=64,
+    learning_rate=1e-3,
+    warmup_steps=50,
+    num_samples=200,
+    nfe_grid=(10, 20, 50),
+    ode_tolerances=(1e-2,),
+    sde_tolerances=(0.1,),
+    table1_steps=10,
+    table1_samples=200,
+    table1_sdes=("ve", "vp", "subvp"),
+    bpd_images=16,
+    bpd_tolerance=1e-4,
 )
 
 
@@ -120,18 +140,51 @@ def train_model(sde: str, settings: Settings, work_dir: Path, retrain: bool) -> 
     pipeline = out / "pipeline"
     summary_path = out / "train_summary.json"
     command = [
-        sys.executable, "-m", "sde_diffusers.cli", "train",
-        "--dataset_name", "mnist", "--resolution", str(settings.resolution), "--model_preset", MODELS[sde],
-        "--sde", sde, "--max_train_steps", str(settings.train_steps), "--train_batch_size", str(settings.train_batch),
-        "--learning_rate", str(settings.learning_rate), "--lr_warmup_steps", str(settings.warmup_steps),
-        "--seed", str(settings.seed), "--output_dir", str(out), "--report_to", "none", "--progress_bar", "false",
-        "--logging_steps", "100", "--checkpointing_steps", str(10 * settings.train_steps),
-        "--save_final_checkpoint", "false", "--num_inference_steps", "100", "--overwrite_output_dir",
+        sys.executable,
+        "-m",
+        "sde_diffusers.cli",
+        "train",
+        "--dataset_name",
+        "mnist",
+        "--resolution",
+        str(settings.resolution),
+        "--model_preset",
+        MODELS[sde],
+        "--sde",
+        sde,
+        "--max_train_steps",
+        str(settings.train_steps),
+        "--train_batch_size",
+        str(settings.train_batch),
+        "--learning_rate",
+        str(settings.learning_rate),
+        "--lr_warmup_steps",
+        str(settings.warmup_steps),
+        "--seed",
+        str(settings.seed),
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--progress_bar",
+        "false",
+        "--logging_steps",
+        "100",
+        "--checkpointing_steps",
+        str(10 * settings.train_steps),
+        "--save_final_checkpoint",
+        "false",
+        "--num_inference_steps",
+        "100",
+        "--overwrite_output_dir",
     ]
     if not retrain and (pipeline / "model_index.json").is_file() and summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         config = summary.get("config", {})
-        if config.get("max_train_steps") == settings.train_steps and config.get("train_batch_size") == settings.train_batch:
+        if (
+            config.get("max_train_steps") == settings.train_steps
+            and config.get("train_batch_size") == settings.train_batch
+        ):
             print(f"[train] {sde}: reusing {pipeline}", flush=True)
             return {"pipeline": _shown(pipeline), **_train_record(summary, reused=True)}
     print(f"[train] {sde}: {' '.join(command[2:])}", flush=True)
@@ -203,12 +256,24 @@ def table1_cells(n: int, n2: int, samples: int) -> dict[str, list]:
     """Rows of the Table 1 analogue: P-N, P-2N, C-2N, PC-N as ``(sampler, "nfe", nfe, num_samples)`` cells."""
     corrector = ("corrector_only", "nfe", n2, samples)
     return {
-        "reverse diffusion": [("reverse_diffusion", "nfe", n, samples), ("reverse_diffusion", "nfe", n2, samples),
-                              corrector, ("pc", "nfe", n2, samples)],
-        "ancestral sampling": [("ancestral", "nfe", n, samples), ("ancestral", "nfe", n2, samples), corrector,
-                               ("pc_ancestral", "nfe", n2, samples)],
-        "probability flow (Euler)": [("ode_euler", "nfe", n, samples), ("ode_euler", "nfe", n2, samples), corrector,
-                                     None],
+        "reverse diffusion": [
+            ("reverse_diffusion", "nfe", n, samples),
+            ("reverse_diffusion", "nfe", n2, samples),
+            corrector,
+            ("pc", "nfe", n2, samples),
+        ],
+        "ancestral sampling": [
+            ("ancestral", "nfe", n, samples),
+            ("ancestral", "nfe", n2, samples),
+            corrector,
+            ("pc_ancestral", "nfe", n2, samples),
+        ],
+        "probability flow (Euler)": [
+            ("ode_euler", "nfe", n, samples),
+            ("ode_euler", "nfe", n2, samples),
+            corrector,
+            None,
+        ],
     }
 
 
@@ -232,9 +297,15 @@ def run_job(pipe, job, extractor, real, real_stats, settings: Settings) -> dict:
     fake = features_of(out.images, extractor)
     metrics = sample_quality(fake, real, real_statistics=real_stats, seed=settings.seed)
     return {
-        "sampler": name, "nfe_budget": int(budget) if kind == "nfe" else None,
-        "tolerance": float(budget) if kind == "tolerance" else None, "num_samples": samples, "nfe": out.nfe,
-        "nfe_per_sample": out.nfe_per_sample, "steps": out.steps, "seconds": out.seconds, **metrics,
+        "sampler": name,
+        "nfe_budget": int(budget) if kind == "nfe" else None,
+        "tolerance": float(budget) if kind == "tolerance" else None,
+        "num_samples": samples,
+        "nfe": out.nfe,
+        "nfe_per_sample": out.nfe_per_sample,
+        "steps": out.steps,
+        "seconds": out.seconds,
+        **metrics,
     }
 
 
@@ -242,8 +313,10 @@ def data_floor(settings: Settings, extractor, real, real_stats) -> dict:
     """Metrics of ``num_samples`` real training images (prepared like the samples): the best a model can score."""
     train = load_reference("mnist", split="train", resolution=settings.resolution, channels=1)
     fake = features_of(train.unit_range()[: settings.num_samples], extractor)
-    return {"num_samples": settings.num_samples,
-            **sample_quality(fake, real, real_statistics=real_stats, seed=settings.seed)}
+    return {
+        "num_samples": settings.num_samples,
+        **sample_quality(fake, real, real_statistics=real_stats, seed=settings.seed),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -266,12 +339,19 @@ def markdown(report: dict) -> str:
     ]
     if report.get("data_floor"):
         f = report["data_floor"]
-        lines += [f"Floor: {f['num_samples']} real training images (prepared the same way) score FID "
-                  f"{_fmt(f['fid'], 2)}, precision {f['precision']:.3f}, recall {f['recall']:.3f}.", ""]
+        lines += [
+            f"Floor: {f['num_samples']} real training images (prepared the same way) score FID "
+            f"{_fmt(f['fid'], 2)}, precision {f['precision']:.3f}, recall {f['recall']:.3f}.",
+            "",
+        ]
     for sde, result in report["models"].items():
         grid = sorted({int(c["nfe_budget"]) for c in result["curves"] if c.get("nfe_budget") is not None})
-        lines += [f"## {LABELS[sde]}", "", "| sampler | " + " | ".join(f"NFE {n}" for n in grid) + " |",
-                  "|---|" + "---|" * len(grid)]
+        lines += [
+            f"## {LABELS[sde]}",
+            "",
+            "| sampler | " + " | ".join(f"NFE {n}" for n in grid) + " |",
+            "|---|" + "---|" * len(grid),
+        ]
         by_sampler: dict[str, dict[int, dict]] = {}
         for cell in result["curves"]:
             if cell.get("nfe_budget") is not None:
@@ -288,35 +368,56 @@ def markdown(report: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(row) + " |")
         for cell in result["curves"]:
             if cell.get("tolerance") is not None:
-                lines.append(f"| {cell['sampler']} (tol {cell['tolerance']:g}) | FID {_fmt(cell['fid'])} at NFE "
-                             f"{cell['nfe']:.0f} (mean per sample {cell['nfe_per_sample']:.0f}) |" + " |" * (len(grid) - 1))
+                lines.append(
+                    f"| {cell['sampler']} (tol {cell['tolerance']:g}) | FID {_fmt(cell['fid'])} at NFE "
+                    f"{cell['nfe']:.0f} (mean per sample {cell['nfe_per_sample']:.0f}) |" + " |" * (len(grid) - 1)
+                )
         best = min(result["curves"], key=lambda c: c["fid"])
-        lines += ["", f"Best: {best['sampler']} at NFE {best['nfe']:.0f}: FID {_fmt(best['fid'])}, KID "
-                      f"{best['kid']:.4f}, precision {best['precision']:.3f}, recall {best['recall']:.3f}.", ""]
+        lines += [
+            "",
+            f"Best: {best['sampler']} at NFE {best['nfe']:.0f}: FID {_fmt(best['fid'])}, KID "
+            f"{best['kid']:.4f}, precision {best['precision']:.3f}, recall {best['recall']:.3f}.",
+            "",
+        ]
     if report.get("table1"):
         n = s["table1_steps"]
-        lines += [f"## Table 1 analogue (N = {n}; paper: N = 1000)", "",
-                  f"Domain FID of {s['table1_samples']} samples. P{n}: predictor only, {n} steps; P{2 * n}: {2 * n} "
-                  f"steps; C{2 * n}: corrector (Langevin) only, {2 * n} steps; PC{n}: {n} predictor + {n} corrector "
-                  "steps.", ""]
+        lines += [
+            f"## Table 1 analogue (N = {n}; paper: N = 1000)",
+            "",
+            f"Domain FID of {s['table1_samples']} samples. P{n}: predictor only, {n} steps; P{2 * n}: {2 * n} "
+            f"steps; C{2 * n}: corrector (Langevin) only, {2 * n} steps; PC{n}: {n} predictor + {n} corrector "
+            "steps.",
+            "",
+        ]
         header = f"| SDE | predictor | P{n} | P{2 * n} | C{2 * n} | PC{n} |"
         lines += [header, "|---|---|---|---|---|---|"]
         for sde, rows in report["table1"].items():
             for predictor, values in rows.items():
                 lines.append(f"| {LABELS[sde]} | {predictor} | " + " | ".join(_fmt(v) for v in values) + " |")
         lines.append("")
-    lines += ["## Held-out bits/dim", "", "| model | bits/dim | images | NFE | train steps | final loss |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "## Held-out bits/dim",
+        "",
+        "| model | bits/dim | images | NFE | train steps | final loss |",
+        "|---|---|---|---|---|---|",
+    ]
     for sde, result in report["models"].items():
         b, t = result["bits_per_dim"], result["training"]
-        lines.append(f"| {LABELS[sde]} | {b['bits_per_dim']:.3f} ± {b['bits_per_dim_stderr']:.3f} | "
-                     f"{b['num_images']} | {b['nfe']:.0f} | {t['steps']} | {_fmt(t['final_loss'], 4)} |")
+        lines.append(
+            f"| {LABELS[sde]} | {b['bits_per_dim']:.3f} ± {b['bits_per_dim_stderr']:.3f} | "
+            f"{b['num_images']} | {b['nfe']:.0f} | {t['steps']} | {_fmt(t['final_loss'], 4)} |"
+        )
     w = report["wall_time_s"]
     cpu = f", CPU time {w['cpu'] / 60:.1f} min" if "cpu" in w else ""
-    lines += ["", f"Wall time: {w['total'] / 60:.1f} min{cpu} (training {w['training'] / 60:.1f} min, sampling and "
-                  f"metrics {w['evaluation'] / 60:.1f} min, bits/dim {w['bits_per_dim'] / 60:.1f} min); one batched "
-                  f"model call of {s['num_samples']} images: " + ", ".join(
-                      f"{LABELS[k]} {v['model_call_s']:.3f} s" for k, v in report["models"].items()) + ".", ""]
+    lines += [
+        "",
+        f"Wall time: {w['total'] / 60:.1f} min{cpu} (training {w['training'] / 60:.1f} min, sampling and "
+        f"metrics {w['evaluation'] / 60:.1f} min, bits/dim {w['bits_per_dim'] / 60:.1f} min); one batched "
+        f"model call of {s['num_samples']} images: "
+        + ", ".join(f"{LABELS[k]} {v['model_call_s']:.3f} s" for k, v in report["models"].items())
+        + ".",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -357,8 +458,10 @@ def plot(report: dict, path: Path) -> None:
             labels[lab] = lab
     fig.legend(list(handles.values()), list(labels), loc="lower center", ncol=min(6, len(labels)), fontsize=8)
     s = report["settings"]
-    fig.suptitle(f"MNIST {s['resolution']}x{s['resolution']}: domain FID vs NFE ({s['num_samples']} samples, "
-                 f"{s['train_steps']} training steps)")
+    fig.suptitle(
+        f"MNIST {s['resolution']}x{s['resolution']}: domain FID vs NFE ({s['num_samples']} samples, "
+        f"{s['train_steps']} training steps)"
+    )
     fig.tight_layout(rect=(0, 0.1, 1, 0.95))
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -371,8 +474,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the ~10-minute configuration")
     parser.add_argument("--sdes", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--work-dir", default=None,
-                        help="where trained models are kept (default: outputs/quality_vs_nfe/<full|quick>, git-ignored)")
+    parser.add_argument(
+        "--work-dir",
+        default=None,
+        help="where trained models are kept (default: outputs/quality_vs_nfe/<full|quick>, git-ignored)",
+    )
     parser.add_argument("--retrain", action="store_true", help="train again even if a matching model exists")
     parser.add_argument("--train-steps", type=int, default=None)
     parser.add_argument("--num-samples", type=int, default=None)
@@ -380,9 +486,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table1-steps", type=int, default=None)
     parser.add_argument("--table1-samples", type=int, default=None)
     parser.add_argument("--out", default=None, help="output stem (default: benchmarks/results/quality_vs_nfe[_quick])")
-    parser.add_argument("--report-only", action="store_true",
-                        help="rebuild the Markdown table and the figure from the existing JSON (adds the data floor "
-                             "if it is missing; no model is trained or sampled)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild the Markdown table and the figure from the existing JSON (adds the data floor "
+        "if it is missing; no model is trained or sampled)",
+    )
     args = parser.parse_args(argv)
 
     settings = dataclasses.replace(QUICK if args.quick else FULL)
@@ -433,8 +542,11 @@ def main(argv: list[str] | None = None) -> int:
         jobs = jobs_for(sde, settings)
         calls = sum(expected_calls(j, pipe) * j[3] / settings.num_samples for j in jobs)
         plan[sde] = {"jobs": jobs, "model_call_s": call_s, "planned_calls": calls}
-        print(f"[plan] {sde}: one call of {settings.num_samples} images {call_s:.3f} s; {len(jobs)} cells, "
-              f"~{calls:.0f} calls ~{calls * call_s / 60:.1f} min", flush=True)
+        print(
+            f"[plan] {sde}: one call of {settings.num_samples} images {call_s:.3f} s; {len(jobs)} cells, "
+            f"~{calls:.0f} calls ~{calls * call_s / 60:.1f} min",
+            flush=True,
+        )
     total_planned = sum(p["model_call_s"] * p["planned_calls"] for p in plan.values())
     print(f"[plan] sampling ~{total_planned / 60:.1f} min in total (plus bits/dim)", flush=True)
 
@@ -442,14 +554,19 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "quality_vs_nfe",
         "mode": "quick" if args.quick else "full",
         "settings": dataclasses.asdict(settings),
-        "feature_extractor": {"name": "mnist", "heldout_accuracy": classifier_info("mnist").get("heldout_accuracy"),
-                              "input": "16x16 -> 28x28 bilinear (align_corners=False) for real and generated"},
+        "feature_extractor": {
+            "name": "mnist",
+            "heldout_accuracy": classifier_info("mnist").get("heldout_accuracy"),
+            "input": "16x16 -> 28x28 bilinear (align_corners=False) for real and generated",
+        },
         "reference": reference.info,
         "data_floor": floor,
         "environment": {
             "date": datetime.date.today().isoformat(),
             "machine": f"{platform.processor() or platform.machine()}, shared 2-core CPU",
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version(),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
         },
         "models": {},
     }
@@ -460,7 +577,12 @@ def main(argv: list[str] | None = None) -> int:
     evaluation_s = bpd_s = 0.0
     for sde in args.sdes:
         pipe = pipes[sde]
-        result = {"training": trained[sde], "model_call_s": plan[sde]["model_call_s"], "curves": [], "cells": {}}
+        result = {
+            "training": trained[sde],
+            "model_call_s": plan[sde]["model_call_s"],
+            "curves": [],
+            "cells": {},
+        }
         report["models"][sde] = result
         t0 = time.perf_counter()
         curve_keys = {key_of(j) for j in jobs_for(sde, dataclasses.replace(settings, table1_sdes=()))}
@@ -469,20 +591,31 @@ def main(argv: list[str] | None = None) -> int:
             result["cells"][key_of(job)] = cell
             if key_of(job) in curve_keys:
                 result["curves"].append(cell)
-            print(f"[{sde}] {job[0]:>18} {job[1]}={job[2]:<7g} n={job[3]}: NFE {cell['nfe']:6.1f}  FID "
-                  f"{cell['fid']:8.2f}  KID {cell['kid']:.4f}  P {cell['precision']:.2f} R {cell['recall']:.2f}  "
-                  f"({cell['seconds']:.0f} s)", flush=True)
+            print(
+                f"[{sde}] {job[0]:>18} {job[1]}={job[2]:<7g} n={job[3]}: NFE {cell['nfe']:6.1f}  FID "
+                f"{cell['fid']:8.2f}  KID {cell['kid']:.4f}  P {cell['precision']:.2f} R {cell['recall']:.2f}  "
+                f"({cell['seconds']:.0f} s)",
+                flush=True,
+            )
             save()
         evaluation_s += time.perf_counter() - t0
         t0 = time.perf_counter()
         result["bits_per_dim"] = heldout_bits_per_dim(
-            pipe, reference, num_images=settings.bpd_images, batch_size=settings.bpd_images,
-            rtol=settings.bpd_tolerance, atol=settings.bpd_tolerance, seed=settings.seed,
+            pipe,
+            reference,
+            num_images=settings.bpd_images,
+            batch_size=settings.bpd_images,
+            rtol=settings.bpd_tolerance,
+            atol=settings.bpd_tolerance,
+            seed=settings.seed,
         )
         bpd_s += time.perf_counter() - t0
         b = result["bits_per_dim"]
-        print(f"[{sde}] bits/dim {b['bits_per_dim']:.3f} ± {b['bits_per_dim_stderr']:.3f} "
-              f"({b['num_images']} images, NFE {b['nfe']:.0f}, {b['seconds']:.0f} s)", flush=True)
+        print(
+            f"[{sde}] bits/dim {b['bits_per_dim']:.3f} ± {b['bits_per_dim_stderr']:.3f} "
+            f"({b['num_images']} images, NFE {b['nfe']:.0f}, {b['seconds']:.0f} s)",
+            flush=True,
+        )
         save()
 
     table1 = {}
@@ -491,16 +624,22 @@ def main(argv: list[str] | None = None) -> int:
             continue
         cells = report["models"][sde]["cells"]
         rows = table1_cells(settings.table1_steps, 2 * settings.table1_steps, settings.table1_samples)
-        table1[sde] = {row: [cells[key_of(c)]["fid"] if c is not None else None for c in row_cells]
-                       for row, row_cells in rows.items()}
+        table1[sde] = {
+            row: [cells[key_of(c)]["fid"] if c is not None else None for c in row_cells]
+            for row, row_cells in rows.items()
+        }
     report["table1"] = table1
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
-    report["wall_time_s"] = {"total": time.perf_counter() - start, "training": training_s,
-                             "evaluation": evaluation_s, "bits_per_dim": bpd_s,
-                             # CPU seconds of this process and its training subprocesses: on a loaded machine the
-                             # wall time is several times what the work costs on an idle core
-                             "cpu": sum(u.ru_utime + u.ru_stime for u in usage),
-                             "load_average": list(os.getloadavg())}
+    report["wall_time_s"] = {
+        "total": time.perf_counter() - start,
+        "training": training_s,
+        "evaluation": evaluation_s,
+        "bits_per_dim": bpd_s,
+        # CPU seconds of this process and its training subprocesses: on a loaded machine the
+        # wall time is several times what the work costs on an idle core
+        "cpu": sum(u.ru_utime + u.ru_stime for u in usage),
+        "load_average": list(os.getloadavg()),
+    }
     save()
     text = markdown(report)
     stem.with_suffix(".md").write_text(text)

@@ -59,7 +59,9 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: torch.Tens
 def make_mixture(dim: int, seed: int) -> GaussianMixture:
     gen = torch.Generator().manual_seed(seed)
     means = 1.5 * torch.randn(4, dim, generator=gen, dtype=torch.float64)
-    stds = torch.tensor([0.05, 0.15, 0.3, 0.6], dtype=torch.float64)[:, None] * (0.5 + torch.rand(4, dim, generator=gen, dtype=torch.float64))
+    stds = torch.tensor([0.05, 0.15, 0.3, 0.6], dtype=torch.float64)[:, None] * (
+        0.5 + torch.rand(4, dim, generator=gen, dtype=torch.float64)
+    )
     return GaussianMixture(means, stds, torch.tensor([0.1, 0.2, 0.3, 0.4]))
 
 
@@ -83,8 +85,9 @@ def euler_t_sampler(score_fn, sde, x, n):
     """Euler steps of the probability-flow ODE in t (the lead's predictor with probability_flow=True)."""
     times = torch.linspace(sde.T, 1e-3, n, dtype=torch.float64)
     for t_value in times:
-        x, _ = PREDICTORS["euler_maruyama"](sde, score_fn, x, t_value.to(x.dtype).expand(x.shape[0]), num_steps=n,
-                                           probability_flow=True)
+        x, _ = PREDICTORS["euler_maruyama"](
+            sde, score_fn, x, t_value.to(x.dtype).expand(x.shape[0]), num_steps=n, probability_flow=True
+        )
     return x, n
 
 
@@ -104,7 +107,9 @@ def main(argv=None) -> int:
     n, dim = args.num_samples, args.dim
     ref = mix.sample(n, generator=torch.Generator().manual_seed(args.seed + 1), dtype=torch.float64)
     floor_set = mix.sample(n, generator=torch.Generator().manual_seed(args.seed + 2), dtype=torch.float64)
-    proj = torch.randn(dim, args.projections, generator=torch.Generator().manual_seed(args.seed + 3), dtype=torch.float64)
+    proj = torch.randn(
+        dim, args.projections, generator=torch.Generator().manual_seed(args.seed + 3), dtype=torch.float64
+    )
     proj = proj / proj.norm(dim=0, keepdim=True)
     floor = sliced_wasserstein(floor_set, ref, proj)
     print(f"{dim}-d Gaussian mixture, {n} samples; floor (two exact sample sets): SW2 = {floor:.4f}")
@@ -120,8 +125,16 @@ def main(argv=None) -> int:
 
         def record(sampler, setting, sample, nfe, seconds, nfe_mean=None, sampler_rows=rows, sde_name=sde_name):
             sw = sliced_wasserstein(sample, ref, proj)
-            sampler_rows.append({"sampler": sampler, "setting": setting, "nfe": nfe,
-                                 "nfe_mean": nfe if nfe_mean is None else nfe_mean, "sw2": sw, "seconds": seconds})
+            sampler_rows.append(
+                {
+                    "sampler": sampler,
+                    "setting": setting,
+                    "nfe": nfe,
+                    "nfe_mean": nfe if nfe_mean is None else nfe_mean,
+                    "sw2": sw,
+                    "seconds": seconds,
+                }
+            )
             print(f"  {sde_name} {sampler:<22} {setting:<14} NFE {nfe:6d}  SW2 {sw:.4f}  ({seconds:.1f} s)")
 
         for k in steps:
@@ -129,8 +142,13 @@ def main(argv=None) -> int:
                 start = time.perf_counter()
                 gen = torch.Generator().manual_seed(args.seed + 5)
                 sample, nfe = pc_sampler(score_fn, sde, x_T, k, corrector, snr, gen)
-                record("PC (+ Langevin)" if corrector else "PC (reverse diffusion)", f"n={k}", sample, nfe,
-                       time.perf_counter() - start)
+                record(
+                    "PC (+ Langevin)" if corrector else "PC (reverse diffusion)",
+                    f"n={k}",
+                    sample,
+                    nfe,
+                    time.perf_counter() - start,
+                )
             start = time.perf_counter()
             sample, nfe = euler_t_sampler(score_fn, sde, x_T, k)
             record("Euler ODE (t)", f"n={k}", sample, nfe, time.perf_counter() - start)
@@ -138,17 +156,37 @@ def main(argv=None) -> int:
                 m = k if solver == "euler" else (k + 1) // 2  # the same NFE budget: Heun costs 2 n - 1
                 start = time.perf_counter()
                 out = sample_probability_flow_fixed(score_fn, sde, x_T, num_steps=m, solver=solver, spacing="karras")
-                record(f"{solver.capitalize()} ODE (sigma)", f"n={m}", out.sample, out.nfe, time.perf_counter() - start)
+                record(
+                    f"{solver.capitalize()} ODE (sigma)",
+                    f"n={m}",
+                    out.sample,
+                    out.nfe,
+                    time.perf_counter() - start,
+                )
         for tol in ode_tols:
             start = time.perf_counter()
             out = sample_probability_flow(score_fn, sde, x_T, rtol=tol, atol=tol)
-            record("adaptive ODE", f"tol={tol:g}", out.sample, out.nfe, time.perf_counter() - start,
-                   float(out.nfe_per_sample.double().mean()))
+            record(
+                "adaptive ODE",
+                f"tol={tol:g}",
+                out.sample,
+                out.nfe,
+                time.perf_counter() - start,
+                float(out.nfe_per_sample.double().mean()),
+            )
         for tol in sde_tols:
             start = time.perf_counter()
-            out = sample_adaptive_sde(score_fn, sde, x_T, rtol=tol, generator=torch.Generator().manual_seed(args.seed + 6))
-            record("adaptive SDE", f"rtol={tol:g}", out.sample, out.nfe, time.perf_counter() - start,
-                   float(out.nfe_per_sample.double().mean()))
+            out = sample_adaptive_sde(
+                score_fn, sde, x_T, rtol=tol, generator=torch.Generator().manual_seed(args.seed + 6)
+            )
+            record(
+                "adaptive SDE",
+                f"rtol={tol:g}",
+                out.sample,
+                out.nfe,
+                time.perf_counter() - start,
+                float(out.nfe_per_sample.double().mean()),
+            )
         results["sdes"][sde_name] = rows
 
     out_dir = Path(args.output_dir)

@@ -128,7 +128,10 @@ def main() -> None:
     x = torch.randn(shape, device=device)
     sigma = torch.full((args.batch,), 1.0, device=device)
     rows = []
-    for name, loop in (("sde-diffusers VESDEScheduler", ours), ("diffusers ScoreSdeVeScheduler", diffusers_ve)):
+    for name, loop in (
+        ("sde-diffusers VESDEScheduler", ours),
+        ("diffusers ScoreSdeVeScheduler", diffusers_ve),
+    ):
         unit = unit_call_time(unet, x, sigma, device, repeats=20)
         timed = TimedModel(unet, device)
         wall, calls = loop(timed, shape, args.steps, device)
@@ -144,7 +147,10 @@ def main() -> None:
             }
         )
     print(f"PC loop, {args.steps} steps + 1 corrector step, batch {args.batch}, {args.size}x{args.size}, {device}")
-    print(f"{'scheduler':32s} {'calls':>6s} {'loop s':>8s} {'1 call ms':>10s} {'loop/(calls*unit)':>18s} {'loop/model time':>16s}")
+    print(
+        f"{'scheduler':32s} {'calls':>6s} {'loop s':>8s} {'1 call ms':>10s} "
+        f"{'loop/(calls*unit)':>18s} {'loop/model time':>16s}"
+    )
     for r in rows:
         print(
             f"{r['scheduler']:32s} {r['model_calls']:6d} {r['loop_s']:8.2f} {r['unit_call_ms']:10.3f} "

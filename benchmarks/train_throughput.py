@@ -41,11 +41,26 @@ def trainer_steps_per_second(preset: str, resolution: int, batch: int, steps: in
 
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainingConfig(
-            dataset_name="digits", model_preset=preset, resolution=resolution, sde="vp", train_batch_size=batch,
-            max_train_steps=steps, learning_rate=1e-3, lr_warmup_steps=10, ema_decay=0.999, output_dir=out,
-            report_to="tensorboard", logging_steps=args.logging_steps, progress_bar=True, checkpointing_steps=0,
-            save_final_checkpoint=False, num_sample_images=1, num_inference_steps=1, seed=0,
-            mixed_precision=args.mixed_precision, use_cpu=args.device == "cpu",
+            dataset_name="digits",
+            model_preset=preset,
+            resolution=resolution,
+            sde="vp",
+            train_batch_size=batch,
+            max_train_steps=steps,
+            learning_rate=1e-3,
+            lr_warmup_steps=10,
+            ema_decay=0.999,
+            output_dir=out,
+            report_to="tensorboard",
+            logging_steps=args.logging_steps,
+            progress_bar=True,
+            checkpointing_steps=0,
+            save_final_checkpoint=False,
+            num_sample_images=1,
+            num_inference_steps=1,
+            seed=0,
+            mixed_precision=args.mixed_precision,
+            use_cpu=args.device == "cpu",
         )
         # The export at the end (one 1-step sample, a save) is outside the timed loop.
         result = train(cfg)
@@ -83,7 +98,7 @@ def bare_steps_per_second(preset: str, resolution: int, batch: int, steps: int, 
         k = step % per_epoch
         if k == 0:
             perm = torch.randperm(len(images), generator=perm_gen).to(device)
-        x = images[perm[k * batch:(k + 1) * batch]].float() / 127.5 - 1.0
+        x = images[perm[k * batch : (k + 1) * batch]].float() / 127.5 - 1.0
         t = sample_time(sde, batch, 1e-5, generator=gen, device=device)
         noise = torch.randn(x.shape, generator=gen, device=device)
         with autocast:
@@ -123,23 +138,38 @@ def main() -> None:
         preset, resolution, batch = CASES[name]
         runs = {"trainer": [], "bare (same algorithm)": [], "bare (minimal)": []}
         for _ in range(args.rounds):
-            runs["bare (same algorithm)"].append(bare_steps_per_second(preset, resolution, batch, args.steps, args, False))
+            runs["bare (same algorithm)"].append(
+                bare_steps_per_second(preset, resolution, batch, args.steps, args, False)
+            )
             runs["trainer"].append(trainer_steps_per_second(preset, resolution, batch, args.steps, args))
             runs["bare (minimal)"].append(bare_steps_per_second(preset, resolution, batch, args.steps, args, True))
         medians = {k: statistics.median(v) for k, v in runs.items()}
         # Each round runs the loops back to back, so a round's ratio sees the same background load on both sides.
         ratios = [t / b for t, b in zip(runs["trainer"], runs["bare (same algorithm)"], strict=True)]
         overhead = 1.0 - statistics.median(ratios)
-        rows.append({"case": name, "preset": preset, "resolution": resolution, "batch_size": batch,
-                     "steps_per_second": medians, "runs": runs, "paired_ratios": ratios,
-                     "trainer_overhead": overhead})
+        rows.append(
+            {
+                "case": name,
+                "preset": preset,
+                "resolution": resolution,
+                "batch_size": batch,
+                "steps_per_second": medians,
+                "runs": runs,
+                "paired_ratios": ratios,
+                "trainer_overhead": overhead,
+            }
+        )
 
-    print(f"\n{'case':38s} {'trainer':>9s} {'bare':>9s} {'minimal':>9s} {'overhead':>9s}   (steps/s, median of "
-          f"{args.rounds} rounds x {args.steps} steps, {args.device}, {args.threads} thread(s))")
+    print(
+        f"\n{'case':38s} {'trainer':>9s} {'bare':>9s} {'minimal':>9s} {'overhead':>9s}   (steps/s, median of "
+        f"{args.rounds} rounds x {args.steps} steps, {args.device}, {args.threads} thread(s))"
+    )
     for r in rows:
         s = r["steps_per_second"]
-        print(f"{r['case']:38s} {s['trainer']:9.2f} {s['bare (same algorithm)']:9.2f} {s['bare (minimal)']:9.2f} "
-              f"{100 * r['trainer_overhead']:8.1f}%")
+        print(
+            f"{r['case']:38s} {s['trainer']:9.2f} {s['bare (same algorithm)']:9.2f} {s['bare (minimal)']:9.2f} "
+            f"{100 * r['trainer_overhead']:8.1f}%"
+        )
     record = {
         "benchmark": "train_throughput",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -1,4 +1,7 @@
-"""Diffusers pipelines for score-based models: unconditional, class-conditional, inpainting, colorization, Soft Diffusion."""
+"""Diffusers pipelines for score-based models.
+
+Unconditional, class-conditional, inpainting, colorization and Soft Diffusion.
+"""
 
 from .pipeline_score_sde import SAMPLERS, ScoreSdePipeline, ScoreSdePipelineBase, ScoreSdePipelineOutput
 from .pipeline_score_sde_colorization import ScoreSdeColorizationPipeline, decoupled_colour_basis

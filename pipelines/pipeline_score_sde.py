@@ -114,7 +114,9 @@ class SchedulerSDE:
 
     def __init__(self, scheduler: Any) -> None:
         self.scheduler = scheduler
-        self._sde: SDE | None = getattr(scheduler, "sde", None) if isinstance(getattr(scheduler, "sde", None), SDE) else None
+        self._sde: SDE | None = (
+            getattr(scheduler, "sde", None) if isinstance(getattr(scheduler, "sde", None), SDE) else None
+        )
         self._error: str | None = None
         config = getattr(scheduler, "config", {})
         if self._sde is None:
@@ -247,7 +249,11 @@ def _check_int(name: str, value: object, minimum: int = 1) -> int:
 
 
 def _check_number(name: str, value: object, minimum: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not np.isfinite(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.floating, np.integer))
+        or not np.isfinite(value)
+    ):
         raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
     if minimum is not None and value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}.")
@@ -267,7 +273,9 @@ def _generator_count(generator: object) -> int | None:
         return None
     if isinstance(generator, list) and generator and all(isinstance(g, torch.Generator) for g in generator):
         return len(generator)
-    raise TypeError(f"`generator` must be a torch.Generator or a non-empty list of them, got {type(generator).__name__}.")
+    raise TypeError(
+        f"`generator` must be a torch.Generator or a non-empty list of them, got {type(generator).__name__}."
+    )
 
 
 def resolve_batch_size(batch_size: object, generator: object, **counts: int | None) -> int:
@@ -317,7 +325,8 @@ def _label_tensor(class_labels: object) -> torch.Tensor:
         labels = torch.tensor([int(v) for v in class_labels], dtype=torch.long)
     else:
         raise TypeError(
-            f"`class_labels` must be an int, a list of ints or an integer tensor/array, got {type(class_labels).__name__}."
+            "`class_labels` must be an int, a list of ints or an integer tensor/array, "
+            f"got {type(class_labels).__name__}."
         )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"`class_labels` must be integers, got dtype {labels.dtype}.")
@@ -430,7 +439,9 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
         if sampler_options is not None and not isinstance(sampler_options, dict):
             raise TypeError(f"`sampler_options` must be a dict, got {type(sampler_options).__name__}.")
         if sampler_options and sampler == "scheduler":
-            raise ValueError("`sampler_options` apply to the adaptive samplers; configure a scheduler with from_config.")
+            raise ValueError(
+                "`sampler_options` apply to the adaptive samplers; configure a scheduler with from_config."
+            )
         check_output_type(output_type)
         if callback_on_step_end is not None and not callable(callback_on_step_end):
             raise TypeError(f"`callback_on_step_end` must be callable, got {type(callback_on_step_end).__name__}.")
@@ -485,7 +496,9 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
         accepted = set(inspect.signature(self.scheduler.step).parameters)
         return {"generator": generator} if "generator" in accepted else {}
 
-    def _prior(self, shape: tuple[int, ...], generator: Any, latents: torch.Tensor | None, scale: float) -> torch.Tensor:
+    def _prior(
+        self, shape: tuple[int, ...], generator: Any, latents: torch.Tensor | None, scale: float
+    ) -> torch.Tensor:
         device, dtype = self._execution_device, self.unet.dtype
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
@@ -675,7 +688,11 @@ class ScoreSdePipeline(ScoreSdePipelineBase):
             [`ScoreSdePipelineOutput`] with `images` and `nfe`, or a tuple `(images,)`.
         """
         self.check_common_inputs(
-            num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs, sampler,
+            num_inference_steps,
+            output_type,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            sampler,
             sampler_options,
         )
         labels = self.check_class_inputs(class_labels, classifier_scale, batch_size)

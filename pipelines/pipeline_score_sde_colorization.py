@@ -53,8 +53,12 @@ def grey_level(images: torch.Tensor, grey_weights: Sequence[float] | None = None
     return torch.einsum("c,bchw->bhw", w, images)[:, None]
 
 
-def fit_grey_in_range(images: torch.Tensor, grey: torch.Tensor, grey_weights: Sequence[float] | None = None,
-                      iterations: int = 60) -> torch.Tensor:
+def fit_grey_in_range(
+    images: torch.Tensor,
+    grey: torch.Tensor,
+    grey_weights: Sequence[float] | None = None,
+    iterations: int = 60,
+) -> torch.Tensor:
     """The colour closest to ``c + lambda (1, 1, 1)`` inside ``[0, 1]^3`` with grey level ``grey``, per pixel.
 
     ``w . clamp(c + lambda, 0, 1)`` grows continuously from 0 to 1 with ``lambda``, so bisection finds the shift
@@ -153,13 +157,19 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
             [`ScoreSdePipelineOutput`] with `images` and `nfe`, or a tuple `(images,)`.
         """
         self.check_common_inputs(
-            num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs, sampler,
+            num_inference_steps,
+            output_type,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            sampler,
             sampler_options,
         )
         self.check_method_inputs(method, guidance_scale, guidance_variance, sampler)
         channels, _, _ = self._sample_shape_from_config()
         if channels != 3:
-            raise ValueError(f"colorization needs a UNet of 3-channel (RGB) images; this one has {channels} channel(s).")
+            raise ValueError(
+                f"colorization needs a UNet of 3-channel (RGB) images; this one has {channels} channel(s)."
+            )
         grey = images_to_tensor(image, "image", pil_modes=("L", "RGB"))
         if grey.shape[1] != 1:
             raise ValueError(

@@ -97,7 +97,11 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
             [`ScoreSdePipelineOutput`] with `images` and `nfe`, or a tuple `(images,)`.
         """
         self.check_common_inputs(
-            num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs, sampler,
+            num_inference_steps,
+            output_type,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
+            sampler,
             sampler_options,
         )
         self.check_method_inputs(method, guidance_scale, guidance_variance, sampler)
@@ -144,7 +148,9 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
         images = torch.where(keep > 0, pixels, self.to_unit_range(x.float()))
         return self._finish(images, output_type, return_dict, nfe)
 
-    def _prepare_mask(self, mask_image: ImageInput, mask_threshold: float | None, pixels: torch.Tensor) -> torch.Tensor:
+    def _prepare_mask(
+        self, mask_image: ImageInput, mask_threshold: float | None, pixels: torch.Tensor
+    ) -> torch.Tensor:
         """The mask as ``(batch, 1 or channels, height, width)`` with 1 = repaint; checks before any work."""
         channels, height, width = self._sample_shape_from_config()
         if pixels.shape[1] != channels:

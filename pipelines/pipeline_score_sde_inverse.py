@@ -95,7 +95,9 @@ def images_to_tensor(images: Any, name: str, pil_modes: tuple[str, ...] = ("L", 
         if images.ndim == 3:
             images = images[None]
         if images.ndim != 4:
-            raise ValueError(f"`{name}` as a numpy array must be (H, W), (H, W, C) or (B, H, W, C), got {images.shape}.")
+            raise ValueError(
+                f"`{name}` as a numpy array must be (H, W), (H, W, C) or (B, H, W, C), got {images.shape}."
+            )
         tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     elif isinstance(images, torch.Tensor):
         tensor = images.detach().cpu()
@@ -144,7 +146,7 @@ class LinearObservation:
             subspace).
         project (`Callable`): ``project(x) = P x`` for tensors shaped like ``observed``; must be an orthogonal
             projection (``P = P^T = P^2``).
-        num_observed (`torch.Tensor` of shape `(batch,)`): dimension of the observed subspace, ``trace(P)``, per sample.
+        num_observed (`torch.Tensor` of shape `(batch,)`): observed dimension ``trace(P)`` per sample.
     """
 
     observed: torch.Tensor

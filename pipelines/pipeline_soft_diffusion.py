@@ -101,7 +101,8 @@ class SoftDiffusionPipelineBase(SDEDiffusionPipeline):
         if corruption_size is not None and (height, width) != tuple(corruption_size):
             raise ValueError(
                 f"the UNet generates {height}x{width} images but the scheduler's blur levels were built for "
-                f"{corruption_size[0]}x{corruption_size[1]}; rebuild the scheduler with image_size=[{height}, {width}]."
+                f"{corruption_size[0]}x{corruption_size[1]}; "
+                f"rebuild the scheduler with image_size=[{height}, {width}]."
             )
         return int(self.unet.config.in_channels), height, width
 
@@ -307,7 +308,11 @@ class SoftDiffusionPipeline(SoftDiffusionPipelineBase):
             [`ScoreSdePipelineOutput`] with `images` and `nfe`, or a tuple `(images,)`.
         """
         self.check_common_inputs(
-            num_inference_steps, output_type, sampler, callback_on_step_end, callback_on_step_end_tensor_inputs
+            num_inference_steps,
+            output_type,
+            sampler,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
         )
         channels, height, width = self.sample_shape()
         reference = self._prepare_reference(reference_images, channels)
@@ -402,7 +407,7 @@ class SoftDiffusionInpaintPipeline(SoftDiffusionPipelineBase):
         Inpaint images.
 
         Args:
-            image (PIL image(s), `np.ndarray` `(H, W[, C])`/`(B, H, W, C)` or `torch.Tensor` `(C, H, W)`/`(B, C, H, W)`,
+            image (PIL image(s), `np.ndarray` `(H, W[, C])`/`(B, H, W, C)`, `torch.Tensor` `(C, H, W)`/`(B, C, H, W)`,
                 in ``[0, 1]`` or `uint8`): the images; their size and channels must be the UNet's.
             mask_image (same kinds as `image`, one channel): 1 (white) where to repaint, 0 (black) where to keep;
                 the image's height and width; one mask for all images or one per image.
@@ -425,7 +430,11 @@ class SoftDiffusionInpaintPipeline(SoftDiffusionPipelineBase):
             input (for `"pil"`, the input's 8-bit values).
         """
         self.check_common_inputs(
-            num_inference_steps, output_type, sampler, callback_on_step_end, callback_on_step_end_tensor_inputs
+            num_inference_steps,
+            output_type,
+            sampler,
+            callback_on_step_end,
+            callback_on_step_end_tensor_inputs,
         )
         channels, height, width = self.sample_shape()
         pixels = _images_to_tensor(image, "image", channels)

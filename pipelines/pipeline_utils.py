@@ -249,8 +249,9 @@ class SDEDiffusionPipeline(DiffusionPipeline):
         if not isinstance(save_directory, (str, os.PathLike)):
             raise TypeError(f"`save_directory` must be a str or os.PathLike, got {type(save_directory).__name__}.")
         save_directory = os.fspath(save_directory)
-        push_kwargs = {k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message", "create_pr")
-                       if k in kwargs}
+        push_kwargs = {
+            k: kwargs.pop(k) for k in ("repo_id", "token", "private", "commit_message", "create_pr") if k in kwargs
+        }
         if push_kwargs and not push_to_hub:
             raise TypeError(f"{sorted(push_kwargs)} only apply with `push_to_hub=True`.")
         # Every check runs before the first file is written.
@@ -260,12 +261,20 @@ class SDEDiffusionPipeline(DiffusionPipeline):
             if push_kwargs.get("repo_id") is None:
                 push_kwargs["repo_id"] = os.path.basename(os.path.abspath(save_directory))
             push_kwargs["token"] = check_push_arguments(
-                push_kwargs["repo_id"], token=push_kwargs.get("token"), private=push_kwargs.get("private", False),
+                push_kwargs["repo_id"],
+                token=push_kwargs.get("token"),
+                private=push_kwargs.get("private", False),
                 commit_message=push_kwargs.get("commit_message", "Upload sde-diffusers pipeline"),
             )
 
-        super().save_pretrained(save_directory, safe_serialization=safe_serialization, variant=variant,
-                                max_shard_size=max_shard_size, push_to_hub=False, **kwargs)
+        super().save_pretrained(
+            save_directory,
+            safe_serialization=safe_serialization,
+            variant=variant,
+            max_shard_size=max_shard_size,
+            push_to_hub=False,
+            **kwargs,
+        )
         self._write_shims(save_directory, ours)
 
         if push_to_hub:
@@ -327,8 +336,9 @@ class SDEDiffusionPipeline(DiffusionPipeline):
         if not os.path.exists(path):
             hub_kwargs = {k: kwargs.pop(k) for k in _HUB_KWARGS if k in kwargs}
             path = _snapshot(path, allow_patterns=[cls.config_name, "*.py"], **hub_kwargs)
-        outputs = super().load_config(path, return_unused_kwargs=return_unused_kwargs,
-                                      return_commit_hash=return_commit_hash, **kwargs)
+        outputs = super().load_config(
+            path, return_unused_kwargs=return_unused_kwargs, return_commit_hash=return_commit_hash, **kwargs
+        )
         config = outputs[0] if isinstance(outputs, tuple) else outputs
         subfolder = kwargs.get("subfolder")
         if os.path.isfile(path):

@@ -325,7 +325,9 @@ class CorruptionSchedule:
         if bool((blur < 0).any()):
             raise ValueError(f"blur_sigmas must be >= 0, got a minimum of {blur.min().item()}")
         if bool((noise <= 0).any()):
-            raise ValueError(f"noise_stds must be > 0 (noise levels <= 0 are not allowed), got a minimum of {noise.min().item()}")
+            raise ValueError(
+                f"noise_stds must be > 0 (noise levels <= 0 are not allowed), got a minimum of {noise.min().item()}"
+            )
         for name, levels in (("blur_sigmas", blur), ("noise_stds", noise)):
             drops = torch.nonzero(levels[1:] < levels[:-1]).flatten()
             if len(drops):
@@ -408,7 +410,10 @@ class CorruptionSchedule:
     def _table(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         key = (device, dtype)
         if key not in self._tables:
-            self._tables[key] = (self._blur.to(device=device, dtype=dtype), self._noise.to(device=device, dtype=dtype))
+            self._tables[key] = (
+                self._blur.to(device=device, dtype=dtype),
+                self._noise.to(device=device, dtype=dtype),
+            )
         return self._tables[key]
 
     def check_time(self, t: object, x: torch.Tensor | None = None) -> torch.Tensor:
@@ -420,7 +425,9 @@ class CorruptionSchedule:
         if t.dim() != 1:
             raise ValueError(f"t must have shape (batch,), got {tuple(t.shape)}")
         if x is not None and (x.dim() < 3 or t.shape[0] != x.shape[0]):
-            raise ValueError(f"t must have shape ({x.shape[0]},) to match images of shape {tuple(x.shape)}, got {tuple(t.shape)}")
+            raise ValueError(
+                f"t must have shape ({x.shape[0]},) to match images of shape {tuple(x.shape)}, got {tuple(t.shape)}"
+            )
         if not bool(torch.isfinite(t).all()) or bool(((t < 0) | (t > 1)).any()):
             raise ValueError(f"t must lie in [0, 1], got values from {t.min().item()} to {t.max().item()}")
         return t
@@ -588,7 +595,9 @@ def gaussian_w2(
     """
     if not isinstance(stats, FrequencyStatistics):
         raise TypeError(f"stats must be a FrequencyStatistics, got {type(stats).__name__}")
-    levels = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64) for v in (blur_a, noise_a, blur_b, noise_b)))
+    levels = torch.broadcast_tensors(
+        *(torch.as_tensor(v, dtype=torch.float64) for v in (blur_a, noise_a, blur_b, noise_b))
+    )
     sa, na, sb, nb = (v.reshape(-1) for v in levels)
     if bool((na <= 0).any()) or bool((nb <= 0).any()):
         raise ValueError("noise levels must be > 0")

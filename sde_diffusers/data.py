@@ -201,8 +201,10 @@ def _stack(images: Iterable, resolution, resize_mode, center_crop, image_mode, w
     if not images:
         raise ValueError(f"{where} holds no images")
     _check_uniform({im.size for im in images}, {im.mode for im in images}, resolution, image_mode, where)
-    arrays = [preprocess_image(im, resolution, resize_mode=resize_mode, center_crop=center_crop,
-                               image_mode=image_mode) for im in images]
+    arrays = [
+        preprocess_image(im, resolution, resize_mode=resize_mode, center_crop=center_crop, image_mode=image_mode)
+        for im in images
+    ]
     return torch.from_numpy(np.stack(arrays))
 
 
@@ -221,8 +223,11 @@ def list_image_files(folder: str | os.PathLike) -> list[str]:
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(root, f) for f in sorted(files)
-                  if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions]
+        found += [
+            os.path.join(root, f)
+            for f in sorted(files)
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions
+        ]
     return found
 
 
@@ -299,8 +304,9 @@ def _from_folder(folder, split, image_column, label_column, resolution, resize_m
         raise ValueError(f"data_dir {str(folder)!r} has no {split!r} split (no train/ and test/ subfolders)")
     ds = datasets.load_dataset("imagefolder", data_dir=os.fspath(folder), split=split)
     where = f"data_dir {str(folder)!r}" + (f" ({split} split)" if has_splits else "")
-    images, labels, names = _from_hf_dataset(ds, where, image_column, label_column, resolution, resize_mode,
-                                             center_crop, image_mode)
+    images, labels, names = _from_hf_dataset(
+        ds, where, image_column, label_column, resolution, resize_mode, center_crop, image_mode
+    )
     desc = f"local image folder {os.path.basename(os.path.abspath(folder))} ({split} split, {len(images)} images)"
     return ImageData(images, labels, names, desc, {"source": "imagefolder", "split": split})
 
@@ -310,10 +316,16 @@ def _from_hub(name, config_name, split, image_column, label_column, resolution, 
 
     ds = datasets.load_dataset(name, config_name, split=split)
     where = f"the Hub dataset {name!r} ({split} split)"
-    images, labels, names = _from_hf_dataset(ds, where, image_column, label_column, resolution, resize_mode,
-                                             center_crop, image_mode)
-    return ImageData(images, labels, names, f"{name} ({split} split, {len(images)} images)",
-                     {"source": "hub", "name": name, "split": split})
+    images, labels, names = _from_hf_dataset(
+        ds, where, image_column, label_column, resolution, resize_mode, center_crop, image_mode
+    )
+    return ImageData(
+        images,
+        labels,
+        names,
+        f"{name} ({split} split, {len(images)} images)",
+        {"source": "hub", "name": name, "split": split},
+    )
 
 
 def load_image_data(
@@ -358,8 +370,9 @@ def load_image_data(
     if data_dir is not None:
         if not isinstance(data_dir, (str, os.PathLike)):
             raise TypeError(f"data_dir must be a path, got {type(data_dir).__name__}")
-        return _from_folder(data_dir, split, image_column, label_column, resolution, resize_mode, center_crop,
-                            image_mode)
+        return _from_folder(
+            data_dir, split, image_column, label_column, resolution, resize_mode, center_crop, image_mode
+        )
     if not isinstance(dataset_name, str) or not dataset_name:
         raise ValueError(f"dataset_name must be a non-empty string, got {dataset_name!r}")
     if dataset_name in BUILTIN_DATASETS:
@@ -372,5 +385,14 @@ def load_image_data(
         raise ValueError(
             f"dataset_name {dataset_name!r} looks like a path; pass local image folders as data_dir (--train_data_dir)"
         )
-    return _from_hub(dataset_name, dataset_config_name, split, image_column, label_column, resolution, resize_mode,
-                     center_crop, image_mode)
+    return _from_hub(
+        dataset_name,
+        dataset_config_name,
+        split,
+        image_column,
+        label_column,
+        resolution,
+        resize_mode,
+        center_crop,
+        image_mode,
+    )

@@ -75,8 +75,9 @@ def run(num_samples: int, steps: int, seed: int) -> list[dict]:
         scheduler = cls(**kwargs)
         sde_type = {"VE": "ve", "VP": "vp", "sub-VP": "subvp"}[sde_name]
         prediction = "score" if sde_type == "ve" else "epsilon"
-        model = ExactScoreModel(data.means.tolist(), 0.1, data.weights.tolist(), sde_type=sde_type,
-                                prediction_type=prediction)
+        model = ExactScoreModel(
+            data.means.tolist(), 0.1, data.weights.tolist(), sde_type=sde_type, prediction_type=prediction
+        )
         gen = torch.Generator().manual_seed(seed)
         scheduler.set_timesteps(steps)
         x = torch.randn(num_samples, 1, 4, 4, generator=gen) * scheduler.init_noise_sigma
@@ -104,8 +105,10 @@ def print_exact_table(num_samples: int, steps: int, seed: int) -> None:
     rows = run(num_samples, steps, seed)
     se = math.sqrt(0.3 * 0.7 / num_samples)
     print(f"{num_samples} samples, {steps} noise levels; truth: mode weight 0.300 (+-{se:.3f}), std ratio 1.000\n")
-    print(f"{'SDE':7s} {'sampler':34s} {'NFE':>5s} {'sliced W1':>10s} {'max|mean err|':>14s} {'std ratio':>10s} "
-          f"{'mode weight':>12s} {'s':>6s}")
+    print(
+        f"{'SDE':7s} {'sampler':34s} {'NFE':>5s} {'sliced W1':>10s} {'max|mean err|':>14s} {'std ratio':>10s} "
+        f"{'mode weight':>12s} {'s':>6s}"
+    )
     for r in rows:
         if r["nfe"] == 0:
             print(f"{r['sde']:7s} {r['sampler']:34s} {'-':>5s} {r['sw']:10.4f}")
@@ -147,8 +150,9 @@ def domain_fid(samples_01: torch.Tensor, reference_01: torch.Tensor) -> float:
     return float(frechet_distance(fake, real))
 
 
-def train_digits(output_dir: str, steps: int, seed: int, num_fid_samples: int, sample_steps: int,
-                 bpd_images: int = 360) -> dict:
+def train_digits(
+    output_dir: str, steps: int, seed: int, num_fid_samples: int, sample_steps: int, bpd_images: int = 360
+) -> dict:
     """Train, export, sample and evaluate; return the numbers the demo prints."""
     from .data import load_image_data
     from .pipelines import ScoreSdePipeline
@@ -186,8 +190,9 @@ def train_digits(output_dir: str, steps: int, seed: int, num_fid_samples: int, s
     pipeline = ScoreSdePipeline.from_pretrained(result.pipeline_dir)  # the exported folder, as a user loads it
     pipeline.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(seed + 10)
-    samples = pipeline(batch_size=num_fid_samples, num_inference_steps=sample_steps, generator=generator,
-                       output_type="pt").images
+    samples = pipeline(
+        batch_size=num_fid_samples, num_inference_steps=sample_steps, generator=generator, output_type="pt"
+    ).images
     return {
         "result": result,
         "train_seconds": seconds,
@@ -202,8 +207,10 @@ def train_digits(output_dir: str, steps: int, seed: int, num_fid_samples: int, s
 
 def print_training_report(numbers: dict, png_path: str) -> None:
     r = numbers["result"]
-    print(f"trained {r.global_step} steps in {numbers['train_seconds']:.0f} s "
-          f"({r.steps_per_second or float('nan'):.1f} steps/s); loss {r.initial_loss:.3f} -> {r.final_loss:.3f}")
+    print(
+        f"trained {r.global_step} steps in {numbers['train_seconds']:.0f} s "
+        f"({r.steps_per_second or float('nan'):.1f} steps/s); loss {r.initial_loss:.3f} -> {r.final_loss:.3f}"
+    )
     curve = "  ".join(f"{step}:{loss:.3f}" for step, loss in r.loss_history[:: max(1, len(r.loss_history) // 8)])
     print(f"loss curve (step:loss)  {curve}")
     print(f"sample grid (PC sampler: reverse diffusion + Langevin, {numbers['sample_nfe']} NFE): {png_path}")
@@ -217,8 +224,10 @@ def print_training_report(numbers: dict, png_path: str) -> None:
     label = f"score model, {numbers['num_fid_samples']} samples"
     print(f"{label:60s} {numbers['fid']:7.2f}")
     print(f"{'training digits (1437) vs held-out (floor)':60s} {numbers['fid_train_vs_test']:7.2f}")
-    print(f"\nthe exported pipeline: {r.pipeline_dir}  (ScoreSdePipeline.from_pretrained(...) or "
-          "DiffusionPipeline.from_pretrained(..., trust_remote_code=True))")
+    print(
+        f"\nthe exported pipeline: {r.pipeline_dir}  (ScoreSdePipeline.from_pretrained(...) or "
+        "DiffusionPipeline.from_pretrained(..., trust_remote_code=True))"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -228,14 +237,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample-steps", type=int, default=250, help="noise levels of the PC sampler")
     parser.add_argument("--fid-samples", type=int, default=360, help="samples for the domain FID")
     parser.add_argument("--bpd-images", type=int, default=360, help="held-out images for bits/dim (at most 360)")
-    parser.add_argument("--output-dir", default=os.path.join("outputs", "demo"),
-                        help="where the run, the exported pipeline and the PNG go")
+    parser.add_argument(
+        "--output-dir",
+        default=os.path.join("outputs", "demo"),
+        help="where the run, the exported pipeline and the PNG go",
+    )
     parser.add_argument("--num-samples", type=int, default=None, help="exact-score table: samples per sampler")
     parser.add_argument("--exact-steps", type=int, default=None, help="exact-score table: noise levels")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads (the tiny model gains little from more; on a busy machine more threads "
-                             "can be much slower)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (the tiny model gains little from more; on a busy machine more threads can be much slower)",
+    )
     args = parser.parse_args(argv)
     if args.fid_samples <= 64:
         parser.error("--fid-samples must exceed the 64 feature dimensions of the digits classifier")
@@ -248,8 +263,14 @@ def main(argv: list[str] | None = None) -> None:
     print_exact_table(args.num_samples or 500, args.exact_steps or 100, args.seed)
 
     print("\n== 2. train a tiny DDPM++ (VP SDE) on scikit-learn's 8x8 digits ==")
-    numbers = train_digits(os.path.join(args.output_dir, "digits-vp"), args.steps, args.seed, args.fid_samples,
-                           args.sample_steps, args.bpd_images)
+    numbers = train_digits(
+        os.path.join(args.output_dir, "digits-vp"),
+        args.steps,
+        args.seed,
+        args.fid_samples,
+        args.sample_steps,
+        args.bpd_images,
+    )
     png = os.path.join(args.output_dir, "digits_samples.png")
     shutil.copyfile(os.path.join(numbers["result"].pipeline_dir, "samples.png"), png)
     print()

@@ -239,7 +239,7 @@ def render_model_card(template_name: str, **fields: Any) -> str:
         end = template.find("\n---\n", 3)
         if end < 0:
             raise ValueError(f"Model card template {template_name!r} does not close its YAML front matter.")
-        front, body = template[: end + 5], template[end + 5:]
+        front, body = template[: end + 5], template[end + 5 :]
     expected = _placeholders(front) | _placeholders(body)
     missing, unexpected = sorted(expected - set(fields)), sorted(set(fields) - expected)
     if missing or unexpected:
@@ -247,8 +247,9 @@ def render_model_card(template_name: str, **fields: Any) -> str:
             f"Model card template {template_name!r} takes the fields {sorted(expected)}; "
             f"missing: {missing}, unexpected: {unexpected}."
         )
-    card = (string.Template(front).substitute({k: _as_yaml(v) for k, v in fields.items()})
-            + string.Template(body).substitute({k: _as_text(v) for k, v in fields.items()}))
+    card = string.Template(front).substitute({k: _as_yaml(v) for k, v in fields.items()}) + string.Template(
+        body
+    ).substitute({k: _as_text(v) for k, v in fields.items()})
     try:
         ModelCard(card, ignore_metadata_errors=False)
     except Exception as err:  # the YAML parser raises several types

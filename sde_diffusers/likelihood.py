@@ -20,8 +20,9 @@ from ``L = num_levels`` integer levels (256 for 8-bit images) to ``data_range = 
 over the integer grid, one unit per level: ``offset_bits = log2(L / (hi - lo))``, i.e. 8 for 8-bit data in
 ``[0, 1]`` and 7 for 8-bit data in ``[-1, 1]``. Pass ``offset_bits=0`` for the continuous density itself. With
 ``dequantize=True``, data ``lo + (hi - lo) k / (L - 1)`` is replaced by ``lo + (hi - lo) (k + u) / L``,
-``u ~ U[0, 1)^D``, and ``log_likelihood`` is averaged over ``num_dequant`` draws: an estimate of the variational lower bound of the
-discrete log-likelihood, the number reported in the literature (e.g. 2.99 bits/dim for DDPM++ sub-VP on CIFAR-10).
+``u ~ U[0, 1)^D``, and ``log_likelihood`` is averaged over ``num_dequant`` draws: an estimate of the variational lower
+bound of the discrete log-likelihood, the number reported in the literature (e.g. 2.99 bits/dim for DDPM++ sub-VP
+on CIFAR-10).
 """
 
 from __future__ import annotations
@@ -115,14 +116,21 @@ def sde_from_scheduler_config(config: Mapping | object) -> SDE:
         raise ValueError(f"sde_type must be 've', 'vp' or 'subvp', got {config.get('sde_type')!r}")
     n = int(config.get("num_train_timesteps", 2000 if name.startswith("ScoreSde") else 1000))
     if sde_type == "ve":
-        return VESDE(sigma_min=float(config.get("sigma_min", 0.01)), sigma_max=float(config.get("sigma_max", 50.0)), N=n)
+        return VESDE(
+            sigma_min=float(config.get("sigma_min", 0.01)),
+            sigma_max=float(config.get("sigma_max", 50.0)),
+            N=n,
+        )
     cls = SubVPSDE if sde_type == "subvp" else VPSDE
     if name == "ScoreSdeVpScheduler" or ("beta_min" in config and "beta_start" not in config):
         return cls(beta_min=float(config.get("beta_min", 0.1)), beta_max=float(config.get("beta_max", 20.0)), N=n)
     if config.get("trained_betas") is not None:
         raise ValueError("scheduler configs with trained_betas have no continuous-time SDE")
     return vp_sde_from_config(
-        cls, n, float(config.get("beta_start", 1e-4)), float(config.get("beta_end", 0.02)),
+        cls,
+        n,
+        float(config.get("beta_start", 1e-4)),
+        float(config.get("beta_end", 0.02)),
         config.get("beta_schedule", "linear"),
     )
 
@@ -181,7 +189,8 @@ def resolve_score_fn(
     if callable(model):
         if prediction_type not in (None, "score"):
             raise ValueError(
-                f"a plain callable is taken as score_fn(x, t); prediction_type={prediction_type!r} needs a torch.nn.Module"
+                f"a plain callable is taken as score_fn(x, t); prediction_type={prediction_type!r} "
+                "needs a torch.nn.Module"
             )
         if model_kwargs:
             raise ValueError("model_kwargs are only for torch.nn.Module models")
@@ -369,7 +378,11 @@ def log_likelihood(
     x = _check_sample("x", x)
     if trace not in TRACE_ESTIMATORS:
         raise ValueError(f"trace must be one of {TRACE_ESTIMATORS}, got {trace!r}")
-    for name, value in (("num_probes", num_probes), ("num_dequant", num_dequant), ("exact_chunk_size", exact_chunk_size)):
+    for name, value in (
+        ("num_probes", num_probes),
+        ("num_dequant", num_dequant),
+        ("exact_chunk_size", exact_chunk_size),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     _check_tolerance("rtol", rtol)
@@ -394,8 +407,12 @@ def log_likelihood(
             raise ValueError(f"probes must have shape (num_probes, {', '.join(map(str, x.shape))}), got {got}")
         probes = probes.to(device=x.device, dtype=x.dtype)
     score_fn, sde = resolve_score_fn(
-        model, sde, scheduler_config=scheduler_config, prediction_type=prediction_type,
-        time_input=time_input, model_kwargs=model_kwargs,
+        model,
+        sde,
+        scheduler_config=scheduler_config,
+        prediction_type=prediction_type,
+        time_input=time_input,
+        model_kwargs=model_kwargs,
     )
     eps = _check_time_span(sde, eps)
     levels = _quantize(x, lo, hi, _check_levels(num_levels)) if dequantize else None
@@ -429,7 +446,14 @@ def log_likelihood(
             func = _augmented_fn(score_fn, sde, shape, draw, exact_chunk_size)
             y0 = torch.cat([data.reshape(b, d), torch.zeros(b, 1, dtype=x.dtype, device=x.device)], dim=1)
             sol = odeint(
-                func, y0, eps, sde.T, method=method, rtol=rtol, atol=atol, step_control=step_control,
+                func,
+                y0,
+                eps,
+                sde.T,
+                method=method,
+                rtol=rtol,
+                atol=atol,
+                step_control=step_control,
                 num_steps=num_steps,
             )
             nfe += sol.nfe
@@ -442,19 +466,35 @@ def log_likelihood(
     ll = prior_logp + delta_logp
     bpd = -ll / (d * math.log(2.0)) + offset_bits
     return LikelihoodOutput(
-        log_likelihood=ll, bits_per_dim=bpd, z=z_first, nfe=nfe, prior_logp=prior_logp, delta_logp=delta_logp,
+        log_likelihood=ll,
+        bits_per_dim=bpd,
+        z=z_first,
+        nfe=nfe,
+        prior_logp=prior_logp,
+        delta_logp=delta_logp,
         offset_bits=float(offset_bits),
     )
 
 
-def _transport(model, sde, x, t_start_is_eps: bool, eps, method, rtol, atol, step_control, num_steps, return_dict, **kw):
+def _transport(
+    model, sde, x, t_start_is_eps: bool, eps, method, rtol, atol, step_control, num_steps, return_dict, **kw
+):
     score_fn, sde = resolve_score_fn(model, sde, **kw)
     eps = _check_time_span(sde, eps)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_evaluation_mode(model))
         t0, t1 = (eps, sde.T) if t_start_is_eps else (sde.T, eps)
         out = solve_probability_flow(
-            score_fn, sde, x, t0, t1, method=method, rtol=rtol, atol=atol, step_control=step_control, num_steps=num_steps
+            score_fn,
+            sde,
+            x,
+            t0,
+            t1,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            step_control=step_control,
+            num_steps=num_steps,
         )
     return out if return_dict else (out.sample, out.nfe)
 
@@ -485,8 +525,21 @@ def encode(
         :class:`~sde_diffusers.sampling.ode.SamplerOutput` (``sample`` is ``z``), or ``(z, nfe)``.
     """
     return _transport(
-        model, sde, x, True, eps, method, rtol, atol, step_control, num_steps, return_dict,
-        scheduler_config=scheduler_config, prediction_type=prediction_type, time_input=time_input, model_kwargs=model_kwargs,
+        model,
+        sde,
+        x,
+        True,
+        eps,
+        method,
+        rtol,
+        atol,
+        step_control,
+        num_steps,
+        return_dict,
+        scheduler_config=scheduler_config,
+        prediction_type=prediction_type,
+        time_input=time_input,
+        model_kwargs=model_kwargs,
     )
 
 
@@ -513,6 +566,19 @@ def decode(
         :class:`~sde_diffusers.sampling.ode.SamplerOutput` (``sample`` is ``x``), or ``(x, nfe)``.
     """
     return _transport(
-        model, sde, z, False, eps, method, rtol, atol, step_control, num_steps, return_dict,
-        scheduler_config=scheduler_config, prediction_type=prediction_type, time_input=time_input, model_kwargs=model_kwargs,
+        model,
+        sde,
+        z,
+        False,
+        eps,
+        method,
+        rtol,
+        atol,
+        step_control,
+        num_steps,
+        return_dict,
+        scheduler_config=scheduler_config,
+        prediction_type=prediction_type,
+        time_input=time_input,
+        model_kwargs=model_kwargs,
     )

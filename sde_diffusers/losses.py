@@ -51,9 +51,7 @@ LossReturn = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 # ---- shared helpers ----------------------------------------------------------------------------------
 def _check_sde(sde: object) -> SDE:
     if not isinstance(sde, SDE):
-        raise TypeError(
-            f"sde must be an sde_diffusers.SDE (VESDE, VPSDE or SubVPSDE), got {type(sde).__name__}"
-        )
+        raise TypeError(f"sde must be an sde_diffusers.SDE (VESDE, VPSDE or SubVPSDE), got {type(sde).__name__}")
     return sde
 
 
@@ -61,9 +59,7 @@ def _check_batch(name: str, x: object) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(
-            f"{name} must have shape (batch, ...) with at least one data dimension, got {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name} must have shape (batch, ...) with at least one data dimension, got {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     return x
@@ -75,9 +71,7 @@ def _check_eps(eps: float, sde: SDE) -> float:
     return float(eps)
 
 
-def _check_noise(
-    noise: torch.Tensor | None, x0: torch.Tensor, generator: torch.Generator | None
-) -> torch.Tensor:
+def _check_noise(noise: torch.Tensor | None, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     if noise is None:
         return torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
     if not isinstance(noise, torch.Tensor):
@@ -106,9 +100,7 @@ def _finish(per_sample: torch.Tensor, return_per_sample: bool) -> LossReturn:
     return (loss, per_sample) if return_per_sample else loss
 
 
-def _call_score(
-    score_fn: Callable[..., torch.Tensor], x: torch.Tensor, t: torch.Tensor | None
-) -> torch.Tensor:
+def _call_score(score_fn: Callable[..., torch.Tensor], x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
     return score_fn(x) if t is None else score_fn(x, t)
 
 
@@ -225,11 +217,7 @@ def _check_indices(
 ) -> torch.Tensor:
     if timesteps is None:
         return torch.randint(0, n, (batch,), generator=generator, device=device)
-    if (
-        not isinstance(timesteps, torch.Tensor)
-        or timesteps.is_floating_point()
-        or timesteps.dtype == torch.bool
-    ):
+    if not isinstance(timesteps, torch.Tensor) or timesteps.is_floating_point() or timesteps.dtype == torch.bool:
         raise TypeError("timesteps must be an integer tensor of indices")
     if timesteps.shape != (batch,):
         raise ValueError(f"timesteps must have shape ({batch},), got {tuple(timesteps.shape)}")
@@ -403,9 +391,7 @@ def sliced_score_matching_loss(
     if projections is None:
         projections = _draw_projections(projection_type.lower(), num_projections, x, generator)
     elif not isinstance(projections, torch.Tensor) or projections.shape != (num_projections, *x.shape):
-        shape = (
-            tuple(projections.shape) if isinstance(projections, torch.Tensor) else type(projections).__name__
-        )
+        shape = tuple(projections.shape) if isinstance(projections, torch.Tensor) else type(projections).__name__
         raise ValueError(f"projections must have shape {(num_projections, *x.shape)}, got {shape}")
     x_req = x.detach().requires_grad_(True)
     with torch.enable_grad():

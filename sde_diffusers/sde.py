@@ -202,9 +202,7 @@ class VESDE(SDE):
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
         return self._gaussian_logp(z, self.sigma_max)
 
-    def adjacent_sigmas(
-        self, t: torch.Tensor, num_steps: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def adjacent_sigmas(self, t: torch.Tensor, num_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sigma_i, sigma_{i-1})`` on the ``n``-level grid, with ``sigma_{-1} = 0``."""
         n = self.N if num_steps is None else num_steps
         idx = self.discrete_index(t, n)

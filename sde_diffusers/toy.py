@@ -37,7 +37,11 @@ class GaussianMixture:
         if not torch.all(stds > 0):
             raise ValueError("stds must be positive")
         k = means.shape[0]
-        weights = torch.full((k,), 1.0 / k, dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        weights = (
+            torch.full((k,), 1.0 / k, dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float64)
+        )
         if weights.shape != (k,) or not torch.all(weights > 0):
             raise ValueError(f"weights must be {k} positive numbers, got {weights.tolist()}")
         self.means, self.stds, self.weights = means, stds, weights / weights.sum()

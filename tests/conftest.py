@@ -43,9 +43,18 @@ _HF_HOME = tempfile.mkdtemp(prefix="sde-diffusers-test-hf-home-")
 atexit.register(shutil.rmtree, _HF_HOME, ignore_errors=True)
 _HUB_SOCKET = reserve_socket("127.0.0.1", 0)
 # Variables that would send files or tokens elsewhere than the temporary home or the local server.
-for _name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_ASSETS_CACHE", "HF_MODULES_CACHE", "HF_XET_CACHE",
-              "HF_TOKEN_PATH", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_HUB_OFFLINE",
-              "DIFFUSERS_DISABLE_REMOTE_CODE"):
+for _name in (
+    "HF_HUB_CACHE",
+    "HUGGINGFACE_HUB_CACHE",
+    "HF_ASSETS_CACHE",
+    "HF_MODULES_CACHE",
+    "HF_XET_CACHE",
+    "HF_TOKEN_PATH",
+    "HUGGING_FACE_HUB_TOKEN",
+    "HF_OIDC_RESOURCE",
+    "HF_HUB_OFFLINE",
+    "DIFFUSERS_DISABLE_REMOTE_CODE",
+):
     os.environ.pop(_name, None)
 os.environ.update(
     HF_ENDPOINT=f"http://127.0.0.1:{_HUB_SOCKET.getsockname()[1]}",

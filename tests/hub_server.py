@@ -49,8 +49,24 @@ _LFS_SIZE_THRESHOLD = 10 * 1024 * 1024
 _DEFAULT_GITATTRIBUTES = "".join(
     f"{pattern} filter=lfs diff=lfs merge=lfs -text\n"
     for pattern in (
-        "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "*.npy", "*.npz",
-        "*.h5", "*.msgpack", "*.onnx", "*.parquet", "*.arrow", "*.zip", "*.tar", "*.gz", "*tfevents*",
+        "*.safetensors",
+        "*.bin",
+        "*.pt",
+        "*.pth",
+        "*.ckpt",
+        "*.pkl",
+        "*.pickle",
+        "*.npy",
+        "*.npz",
+        "*.h5",
+        "*.msgpack",
+        "*.onnx",
+        "*.parquet",
+        "*.arrow",
+        "*.zip",
+        "*.tar",
+        "*.gz",
+        "*tfevents*",
     )
 ).encode()
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -319,8 +335,13 @@ class _Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         return b""
 
-    def _send(self, status: int, body: bytes = b"", content_type: str = "application/json",
-              headers: dict[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -360,8 +381,11 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self.hub.store.repos.get((repo_type, repo_id))
         # A private repo looks absent to anyone else, as on the Hub.
         if repo is None or (repo.private and not self._authenticated()):
-            raise _HttpError(401 if self.headers.get("Authorization") is None else 404,
-                             "Repository not found", "RepoNotFound")
+            raise _HttpError(
+                401 if self.headers.get("Authorization") is None else 404,
+                "Repository not found",
+                "RepoNotFound",
+            )
         return repo
 
     @staticmethod
@@ -376,10 +400,18 @@ class _Handler(BaseHTTPRequestHandler):
         method = self.command
         if path == "/api/whoami-v2" and method == "GET":
             self._require_auth()
-            return self._json({
-                "type": "user", "name": self.hub.user, "fullname": self.hub.user, "orgs": [],
-                "auth": {"type": "access_token", "accessToken": {"displayName": "local", "role": "write"}},
-            })
+            return self._json(
+                {
+                    "type": "user",
+                    "name": self.hub.user,
+                    "fullname": self.hub.user,
+                    "orgs": [],
+                    "auth": {
+                        "type": "access_token",
+                        "accessToken": {"displayName": "local", "role": "write"},
+                    },
+                }
+            )
         if path == "/api/repos/create" and method == "POST":
             return self._create_repo()
         if path == "/api/repos/delete" and method == "DELETE":
@@ -410,19 +442,30 @@ class _Handler(BaseHTTPRequestHandler):
         payload = json.loads(self.body or b"{}")
         name, namespace = payload.get("name"), payload.get("organization") or self.hub.user
         repo_type = payload.get("type") or "model"
-        if repo_type not in _URL_PREFIX or not isinstance(name, str) or not _NAME_RE.match(name) \
-                or not _NAME_RE.match(namespace):
+        if (
+            repo_type not in _URL_PREFIX
+            or not isinstance(name, str)
+            or not _NAME_RE.match(name)
+            or not _NAME_RE.match(namespace)
+        ):
             raise _HttpError(400, f"Invalid repository name or type: {namespace}/{name} ({repo_type})")
         repo_id = f"{namespace}/{name}"
         url = f"{self._base_url}/{_URL_PREFIX[repo_type]}{repo_id}"
         store = self.hub.store
         with store.lock:
             if (repo_type, repo_id) in store.repos:
-                return self._json({"error": "You already created this model repo", "url": url}, status=409,
-                                  headers={"X-Error-Message": "You already created this model repo"})
+                return self._json(
+                    {"error": "You already created this model repo", "url": url},
+                    status=409,
+                    headers={"X-Error-Message": "You already created this model repo"},
+                )
             created = _now()
-            first = _Commit(oid=store.new_oid(repo_id, "initial commit"), title="initial commit", date=created,
-                            files={".gitattributes": store.regular_entry(_DEFAULT_GITATTRIBUTES)})
+            first = _Commit(
+                oid=store.new_oid(repo_id, "initial commit"),
+                title="initial commit",
+                date=created,
+                files={".gitattributes": store.regular_entry(_DEFAULT_GITATTRIBUTES)},
+            )
             private = payload.get("visibility") == "private" or bool(payload.get("private"))
             store.repos[(repo_type, repo_id)] = _Repo(repo_type, repo_id, private, created, [first])
         self._json({"url": url, "name": repo_id, "id": repo_id})
@@ -470,13 +513,22 @@ class _Handler(BaseHTTPRequestHandler):
             entries = {e["path"]: e for e in self._tree(commit, "", recursive=True)}
             return self._json([entries[p] for p in paths if p in entries])
         if action == "refs" and method == "GET":
-            return self._json({"branches": [{"name": "main", "ref": "refs/heads/main",
-                                             "targetCommit": repo.head.oid}], "converts": [], "tags": []})
+            return self._json(
+                {
+                    "branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": repo.head.oid}],
+                    "converts": [],
+                    "tags": [],
+                }
+            )
         if action == "commits" and method == "GET":
             commit = self._commit(repo, tail or "main")
             history = repo.commits[: repo.commits.index(commit) + 1]
-            return self._json([{"id": c.oid, "title": c.title, "message": "", "authors": [], "date": c.date}
-                               for c in reversed(history)])
+            return self._json(
+                [
+                    {"id": c.oid, "title": c.title, "message": "", "authors": [], "date": c.date}
+                    for c in reversed(history)
+                ]
+            )
         if action == "preupload" and method == "POST":
             return self._preupload(repo, tail)
         if action == "commit" and method == "POST":
@@ -486,10 +538,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _info(self, repo: _Repo, commit: _Commit) -> dict:
         info = {
-            "_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24], "id": repo.repo_id,
-            "author": repo.repo_id.split("/")[0], "sha": commit.oid, "lastModified": commit.date,
-            "createdAt": repo.created, "private": repo.private, "disabled": False, "gated": False,
-            "downloads": 0, "likes": 0, "tags": [],
+            "_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24],
+            "id": repo.repo_id,
+            "author": repo.repo_id.split("/")[0],
+            "sha": commit.oid,
+            "lastModified": commit.date,
+            "createdAt": repo.created,
+            "private": repo.private,
+            "disabled": False,
+            "gated": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
             "siblings": [self._sibling(path, entry) for path, entry in sorted(commit.files.items())],
         }
         if repo.repo_type == "model":
@@ -501,8 +561,11 @@ class _Handler(BaseHTTPRequestHandler):
         if "blobs" in self.query:  # `files_metadata=True`
             sibling.update(size=entry.size, blobId=entry.blob_id)
             if entry.lfs:
-                sibling["lfs"] = {"sha256": entry.sha256, "size": entry.size,
-                                  "pointerSize": len(_lfs_pointer(entry.sha256, entry.size))}
+                sibling["lfs"] = {
+                    "sha256": entry.sha256,
+                    "size": entry.size,
+                    "pointerSize": len(_lfs_pointer(entry.sha256, entry.size)),
+                }
         return sibling
 
     @staticmethod
@@ -513,19 +576,28 @@ class _Handler(BaseHTTPRequestHandler):
         for path in sorted(commit.files):
             if not path.startswith(start):
                 continue
-            parts = path[len(start):].split("/")
+            parts = path[len(start) :].split("/")
             for depth in range(1, len(parts) if recursive else min(2, len(parts))):
                 folder = start + "/".join(parts[:depth])
                 if folder not in folders:
                     folders.add(folder)
-                    entries.append({"type": "directory", "oid": hashlib.sha1(folder.encode()).hexdigest(),
-                                    "size": 0, "path": folder})
+                    entries.append(
+                        {
+                            "type": "directory",
+                            "oid": hashlib.sha1(folder.encode()).hexdigest(),
+                            "size": 0,
+                            "path": folder,
+                        }
+                    )
             if recursive or len(parts) == 1:
                 entry = commit.files[path]
                 item = {"type": "file", "oid": entry.blob_id, "size": entry.size, "path": path}
                 if entry.lfs:
-                    item["lfs"] = {"oid": entry.sha256, "size": entry.size,
-                                   "pointerSize": len(_lfs_pointer(entry.sha256, entry.size))}
+                    item["lfs"] = {
+                        "oid": entry.sha256,
+                        "size": entry.size,
+                        "pointerSize": len(_lfs_pointer(entry.sha256, entry.size)),
+                    }
                 entries.append(item)
         return entries
 
@@ -548,13 +620,22 @@ class _Handler(BaseHTTPRequestHandler):
             path, size = item["path"], int(item["size"])
             sample = base64.b64decode(item.get("sample", ""))
             name = path.rsplit("/", 1)[-1]
-            as_lfs = size > 0 and (size >= _LFS_SIZE_THRESHOLD or b"\0" in sample
-                                   or any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in patterns))
+            as_lfs = size > 0 and (
+                size >= _LFS_SIZE_THRESHOLD
+                or b"\0" in sample
+                or any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in patterns)
+            )
             current = commit.files.get(path)
             # The client skips unchanged files by comparing this with its own sha256 (LFS) / git blob id.
             remote_oid = None if current is None else (current.sha256 if current.lfs else current.blob_id)
-            files.append({"path": path, "uploadMode": "lfs" if as_lfs else "regular", "shouldIgnore": False,
-                          "oid": remote_oid})
+            files.append(
+                {
+                    "path": path,
+                    "uploadMode": "lfs" if as_lfs else "regular",
+                    "shouldIgnore": False,
+                    "oid": remote_oid,
+                }
+            )
         self._json({"files": files, "commitOid": commit.oid})
 
     def _apply_commit(self, repo: _Repo, revision: str) -> None:
@@ -584,8 +665,9 @@ class _Handler(BaseHTTPRequestHandler):
                 path = store.object_path(sha256)
                 if not path.exists() or path.stat().st_size != size:
                     raise _HttpError(400, f"LFS object {sha256} of {value['path']} was not uploaded.")
-                files[value["path"]] = _Entry(sha256=sha256, size=size, lfs=True,
-                                              blob_id=_git_blob_id(_lfs_pointer(sha256, size)))
+                files[value["path"]] = _Entry(
+                    sha256=sha256, size=size, lfs=True, blob_id=_git_blob_id(_lfs_pointer(sha256, size))
+                )
             elif key == "deletedFile":
                 if files.pop(value["path"], None) is None:
                     raise _HttpError(404, f"A file with this name doesn't exist: {value['path']}", "EntryNotFound")
@@ -598,8 +680,15 @@ class _Handler(BaseHTTPRequestHandler):
         commit = _Commit(oid=store.new_oid(repo.repo_id, title), title=title, date=_now(), files=files)
         repo.commits.append(commit)
         url = f"{self._base_url}/{_URL_PREFIX[repo.repo_type]}{repo.repo_id}/commit/{commit.oid}"
-        self._json({"success": True, "commitOid": commit.oid, "commitUrl": url, "commitMessage": title,
-                    "pullRequestUrl": None})
+        self._json(
+            {
+                "success": True,
+                "commitOid": commit.oid,
+                "commitUrl": url,
+                "commitMessage": title,
+                "pullRequestUrl": None,
+            }
+        )
 
     def _lfs_batch(self, repo_type: str, repo_id: str) -> None:
         self._require_auth()
@@ -618,8 +707,10 @@ class _Handler(BaseHTTPRequestHandler):
                 href = f"{self._base_url}/lfs-upload/{obj['oid']}?ticket={ticket}"
                 item["actions"] = {"upload": {"href": href, "header": {}}}
             objects.append(item)
-        self._json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
-                   headers={"Content-Type": "application/vnd.git-lfs+json"})
+        self._json(
+            {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
+            headers={"Content-Type": "application/vnd.git-lfs+json"},
+        )
 
     def _lfs_put(self, sha256: str) -> None:
         store = self.hub.store
@@ -641,8 +732,11 @@ class _Handler(BaseHTTPRequestHandler):
         entry = commit.files.get(filename)
         if entry is None:
             raise _HttpError(404, f"Entry not found: {filename}", "EntryNotFound")
-        headers = {"X-Repo-Commit": commit.oid, "Accept-Ranges": "bytes",
-                   "ETag": f'"{entry.sha256 if entry.lfs else entry.blob_id}"'}
+        headers = {
+            "X-Repo-Commit": commit.oid,
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{entry.sha256 if entry.lfs else entry.blob_id}"',
+        }
         if entry.lfs:
             headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)})
         start, end, status = 0, entry.size - 1, 200

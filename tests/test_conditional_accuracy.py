@@ -73,21 +73,38 @@ PROBLEMS = {
 }
 SCHEDULERS = {
     "vp-euler-maruyama": ("vp", {}, "epsilon", lambda: VPSDEScheduler()),
-    "ve-reverse-diffusion": ("ve", {"sigma_max": 10.0}, "score", lambda: VESDEScheduler(sigma_max=10.0, corrector="none")),
+    "ve-reverse-diffusion": (
+        "ve",
+        {"sigma_max": 10.0},
+        "score",
+        lambda: VESDEScheduler(sigma_max=10.0, corrector="none"),
+    ),
 }
 
 
 def mode_weights(problem: str, scheduler: str, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     means, stds, weights, image, mask, exact = PROBLEMS[problem]()
     sde_type, sde_kwargs, prediction, make_scheduler = SCHEDULERS[scheduler]
-    model = ExactScoreModel(means.tolist(), stds.tolist(), weights, sde_type=sde_type, sde_kwargs=sde_kwargs,
-                            prediction_type=prediction)
+    model = ExactScoreModel(
+        means.tolist(),
+        stds.tolist(),
+        weights,
+        sde_type=sde_type,
+        sde_kwargs=sde_kwargs,
+        prediction_type=prediction,
+    )
     cls = ScoreSdeColorizationPipeline if mask is None else ScoreSdeInpaintPipeline
     pipe = cls(model, make_scheduler())
     pipe.set_progress_bar_config(disable=True)
     args = (image,) if mask is None else (image, mask)
-    out = pipe(*args, batch_size=SAMPLES, num_inference_steps=STEPS, method=method, output_type="pt",
-               generator=torch.Generator().manual_seed(0))
+    out = pipe(
+        *args,
+        batch_size=SAMPLES,
+        num_inference_steps=STEPS,
+        method=method,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    )
     # The component that most likely produced each sample.
     x = (2 * out.images.double() - 1).flatten(1)
     mu, var = means.double().flatten(1), stds.double().flatten(1) ** 2
@@ -125,16 +142,26 @@ def test_colorization_of_gaussian_pixels_matches_the_exact_conditional(scheduler
     exact_mean = mu + cov @ q * (grey_net * math.sqrt(3.0) - q @ mu) / (q @ cov @ q)
     exact_std = (cov - torch.outer(cov @ q, cov @ q) / (q @ cov @ q)).diagonal().sqrt()
     sde_type, sde_kwargs, prediction, make_scheduler = SCHEDULERS[scheduler]
-    model = ExactScoreModel(mu.view(1, 3, 1, 1).expand(1, 3, size, size).tolist(),
-                            sd.view(1, 3, 1, 1).expand(1, 3, size, size).tolist(),
-                            sde_type=sde_type, sde_kwargs=sde_kwargs, prediction_type=prediction)
+    model = ExactScoreModel(
+        mu.view(1, 3, 1, 1).expand(1, 3, size, size).tolist(),
+        sd.view(1, 3, 1, 1).expand(1, 3, size, size).tolist(),
+        sde_type=sde_type,
+        sde_kwargs=sde_kwargs,
+        prediction_type=prediction,
+    )
     pipe = ScoreSdeColorizationPipeline(model, make_scheduler())
     pipe.set_progress_bar_config(disable=True)
     grey = torch.full((1, size, size), (grey_net + 1) / 2)
 
     def colours(method):
-        out = pipe(grey, batch_size=250, num_inference_steps=STEPS, method=method, output_type="pt",
-                   generator=torch.Generator().manual_seed(1))
+        out = pipe(
+            grey,
+            batch_size=250,
+            num_inference_steps=STEPS,
+            method=method,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(1),
+        )
         return (2 * out.images.double() - 1).permute(0, 2, 3, 1).reshape(-1, 3)
 
     guided = colours("guidance")

@@ -113,7 +113,10 @@ def test_heat_multiplier_per_frequency():
         torch.testing.assert_close(BLUR(basis, sigma), expected * basis, atol=1e-13, rtol=0)
     resp = blur_response(sigma, (h, w))
     assert resp.shape == (h, w) and resp[0, 0] == 1.0
-    torch.testing.assert_close(resp[5, 9], torch.tensor(math.exp(-((math.pi * 5 / h) ** 2 + (math.pi * 9 / w) ** 2) * sigma**2 / 2), dtype=torch.float64))
+    torch.testing.assert_close(
+        resp[5, 9],
+        torch.tensor(math.exp(-((math.pi * 5 / h) ** 2 + (math.pi * 9 / w) ** 2) * sigma**2 / 2), dtype=torch.float64),
+    )
 
 
 # ---- algebra ------------------------------------------------------------------------------------------------
@@ -209,8 +212,12 @@ def test_blur_bad_input():
 def test_default_schedule_levels_and_interpolation():
     sch = CorruptionSchedule.default(32)
     t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
-    torch.testing.assert_close(sch.blur_sigma(t), torch.tensor([0.5, 0.5 * 64**0.5, 32.0], dtype=torch.float64), rtol=1e-5, atol=0)
-    torch.testing.assert_close(sch.noise_std(t), torch.tensor([0.01, 0.055, 0.1], dtype=torch.float64), rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        sch.blur_sigma(t), torch.tensor([0.5, 0.5 * 64**0.5, 32.0], dtype=torch.float64), rtol=1e-5, atol=0
+    )
+    torch.testing.assert_close(
+        sch.noise_std(t), torch.tensor([0.01, 0.055, 0.1], dtype=torch.float64), rtol=1e-12, atol=0
+    )
     assert sch.image_size == (32, 32) and sch.num_levels == 1000
     assert sch.max_blur_residual() < 0.008  # the most corrupted level is a flat colour
     dense = torch.linspace(0, 1, 5001, dtype=torch.float64)
@@ -298,7 +305,9 @@ def _gaussian_stats(channels: int, h: int, w: int, seed: int = 0) -> FrequencySt
     g = torch.Generator().manual_seed(seed)
     ky = torch.arange(h, dtype=torch.float64)[:, None]
     kx = torch.arange(w, dtype=torch.float64)[None, :]
-    var = (1.0 / (1.0 + ky**2 + kx**2)).expand(channels, h, w) * torch.rand(channels, 1, 1, generator=g, dtype=torch.float64)
+    var = (1.0 / (1.0 + ky**2 + kx**2)).expand(channels, h, w) * torch.rand(
+        channels, 1, 1, generator=g, dtype=torch.float64
+    )
     mean = torch.randn(channels, h, w, generator=g, dtype=torch.float64) * 0.3
     return FrequencyStatistics(mean=mean.clone(), var=var.clone())
 
@@ -315,10 +324,17 @@ def test_gaussian_w2_matches_the_general_gaussian_formula():
         means, covs = [], []
         for ch in range(c):
             means.append(blur_cols @ stats.mean[ch].reshape(-1))
-            covs.append(blur_cols @ torch.diag(stats.var[ch].reshape(-1)) @ blur_cols.T + noise**2 * torch.eye(d, dtype=torch.float64))
+            covs.append(
+                blur_cols @ torch.diag(stats.var[ch].reshape(-1)) @ blur_cols.T
+                + noise**2 * torch.eye(d, dtype=torch.float64)
+            )
         return torch.cat(means).numpy(), scipy.linalg.block_diag(*[cv.numpy() for cv in covs])
 
-    for (sa, na), (sb, nb) in [((0.5, 0.01), (1.5, 0.05)), ((2.0, 0.1), (0.0, 0.3)), ((1.0, 0.02), (1.0, 0.02))]:
+    for (sa, na), (sb, nb) in [
+        ((0.5, 0.01), (1.5, 0.05)),
+        ((2.0, 0.1), (0.0, 0.3)),
+        ((1.0, 0.02), (1.0, 0.02)),
+    ]:
         m1, s1 = pixel_gaussian(sa, na)
         m2, s2 = pixel_gaussian(sb, nb)
         r2 = scipy.linalg.sqrtm(s2)
@@ -356,7 +372,9 @@ def test_fitted_schedule_spaces_levels_evenly_in_w2():
     assert (steps.std() / steps.mean()).item() < 0.01
     # The path's own (geometric) spacing is far from even for these statistics.
     base = CorruptionSchedule.default(16, num_levels=40)
-    base_steps = gaussian_w2(stats, base.blur_sigmas[:-1], base.noise_stds[:-1], base.blur_sigmas[1:], base.noise_stds[1:])
+    base_steps = gaussian_w2(
+        stats, base.blur_sigmas[:-1], base.noise_stds[:-1], base.blur_sigmas[1:], base.noise_stds[1:]
+    )
     assert (base_steps.std() / base_steps.mean()).item() > 0.2
     # Same arc length, so the evenly spaced steps are each about total / (levels - 1).
     assert steps.sum().item() == pytest.approx(base_steps.sum().item(), rel=0.02)

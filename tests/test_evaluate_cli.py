@@ -66,11 +66,36 @@ def _evaluate(model_dir, out, *extra) -> dict:
 
 
 def test_report_keys_and_consistency(model_dirs, tmp_path, capsys):
-    report = _evaluate(model_dirs["ve"], tmp_path / "r.json", "--sampler", "pc", "--nfe", "6", "--num-samples",
-                       str(N), "--batch-size", "35", "--bpd-images", "2")
-    assert {"model_dir", "sde", "sampler", "steps", "nfe", "nfe_per_sample", "num_samples", "metrics",
-            "sampler_settings", "reference", "feature_extractor", "bits_per_dim", "timing",
-            "environment"} <= set(report)
+    report = _evaluate(
+        model_dirs["ve"],
+        tmp_path / "r.json",
+        "--sampler",
+        "pc",
+        "--nfe",
+        "6",
+        "--num-samples",
+        str(N),
+        "--batch-size",
+        "35",
+        "--bpd-images",
+        "2",
+    )
+    assert {
+        "model_dir",
+        "sde",
+        "sampler",
+        "steps",
+        "nfe",
+        "nfe_per_sample",
+        "num_samples",
+        "metrics",
+        "sampler_settings",
+        "reference",
+        "feature_extractor",
+        "bits_per_dim",
+        "timing",
+        "environment",
+    } <= set(report)
     assert report["sde"] == "ve" and report["sampler"] == "pc"
     # PC with one corrector step: two calls per step, 6 NFE = 3 steps, for each of the two batches.
     assert report["steps"] == 3 and report["nfe"] == 6 and report["nfe_per_sample"] == 6
@@ -135,12 +160,29 @@ def test_plain_diffusers_pipeline_folder(tmp_path):
     from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
-                       down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-                       norm_num_groups=8)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+    )
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path / "ddpm")
-    report = _evaluate(str(tmp_path / "ddpm"), tmp_path / "r.json", "--sampler", "dpm_solver", "--nfe", "4",
-                       "--num-samples", str(N), "--bpd-images", "0")
+    report = _evaluate(
+        str(tmp_path / "ddpm"),
+        tmp_path / "r.json",
+        "--sampler",
+        "dpm_solver",
+        "--nfe",
+        "4",
+        "--num-samples",
+        str(N),
+        "--bpd-images",
+        "0",
+    )
     assert report["sde"] == "vp" and report["nfe"] == 4 and math.isfinite(report["metrics"]["fid"])
 
 
@@ -154,8 +196,19 @@ def test_image_folder_reference(model_dirs, tmp_path):
     folder.mkdir()
     for i, x in enumerate(images[:100]):
         Image.fromarray((x[0].numpy() * 255).round().astype(np.uint8)).save(folder / f"{i:03d}.png")
-    args = ["--data", str(folder), "--sampler", "ode_euler", "--nfe", "2", "--num-samples", str(N),
-            "--bpd-images", "0", *FAST]
+    args = [
+        "--data",
+        str(folder),
+        "--sampler",
+        "ode_euler",
+        "--nfe",
+        "2",
+        "--num-samples",
+        str(N),
+        "--bpd-images",
+        "0",
+        *FAST,
+    ]
     with pytest.raises(ValueError, match="--feature-extractor"):
         main(["evaluate", model_dirs["ve"], *args])
     out = tmp_path / "r.json"
@@ -211,7 +264,19 @@ def test_wrong_budget_kind(model_dirs, no_sampling):
 def test_too_few_samples_for_fid(model_dirs, no_sampling):
     # the Fréchet distance's own refusal (64-dimensional digits features need more than 64 samples)
     with pytest.raises(ValueError, match="too small for a FID.*covariance needs more samples than feature dim"):
-        main(["evaluate", model_dirs["ve"], "--data", "digits", "--sampler", "pc", "--num-samples", "40", *FAST])
+        main(
+            [
+                "evaluate",
+                model_dirs["ve"],
+                "--data",
+                "digits",
+                "--sampler",
+                "pc",
+                "--num-samples",
+                "40",
+                *FAST,
+            ]
+        )
 
 
 def test_bad_numbers(model_dirs, no_sampling):

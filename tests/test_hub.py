@@ -95,8 +95,13 @@ def export_test_classes():
 def pipeline() -> HubTestPipeline:
     torch.manual_seed(0)
     unet = UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=4,
     )
     offset = HubTestOffset(channels=1)
@@ -134,6 +139,7 @@ def assert_same_pipeline(loaded, reference) -> None:
         actual = getattr(loaded, name).state_dict()
         assert actual.keys() == expected.keys()
         assert all(torch.equal(actual[k], expected[k]) for k in expected), name
+
     def public(config):
         return {k: v for k, v in config.items() if not k.startswith("_")}
 
@@ -205,7 +211,10 @@ def test_load_config_maps_shims_to_our_classes(saved):
     assert config["offset"] == [COMPONENT_LIBRARY, "HubTestOffset"]
     assert config["unet"] == ["diffusers", "UNet2DModel"]
     # Diffusers' own reader sees the shim entries unchanged.
-    assert DiffusionPipeline.load_config(saved)["offset"] == ["sde_diffusers_hub_test_offset", "HubTestOffset"]
+    assert DiffusionPipeline.load_config(saved)["offset"] == [
+        "sde_diffusers_hub_test_offset",
+        "HubTestOffset",
+    ]
 
 
 def test_a_shim_with_other_code_is_left_to_trust_remote_code(saved, tmp_path):
@@ -255,8 +264,7 @@ def test_base_class_refuses_a_pipeline_that_is_not_ours(pipeline, tmp_path):
 
 # huggingface_hub's own LFS upload passes `data=` to httpx, which warns; nothing of ours to fix.
 @pytest.mark.filterwarnings("ignore:Use 'content=<...>':DeprecationWarning")
-def test_push_then_load_from_the_hub_both_ways(saved, pipeline, local_hub, local_hub_server, tmp_path,
-                                               monkeypatch):
+def test_push_then_load_from_the_hub_both_ways(saved, pipeline, local_hub, local_hub_server, tmp_path, monkeypatch):
     folder = tmp_path / "upload"
     shutil.copytree(saved, folder)
     card = save_model_card(folder, "score_sde", **CARD_FIELDS)
@@ -287,8 +295,9 @@ def test_push_then_load_from_the_hub_both_ways(saved, pipeline, local_hub, local
 
 def test_save_pretrained_can_push_a_private_repo(pipeline, local_hub, local_hub_server, tmp_path):
     folder = tmp_path / "pushed"
-    pipeline.save_pretrained(folder, push_to_hub=True, repo_id="sde-tests/private-pipeline",
-                             token=local_hub.token, private=True)
+    pipeline.save_pretrained(
+        folder, push_to_hub=True, repo_id="sde-tests/private-pipeline", token=local_hub.token, private=True
+    )
     repo_id = "sde-tests/private-pipeline"
     assert set(list_repo_files(repo_id, token=local_hub.token)) == SAVED_FILES | {".gitattributes"}
     with pytest.raises(RepositoryNotFoundError):
@@ -340,12 +349,20 @@ def test_score_sde_model_card_has_every_field():
     assert metadata.library_name == "diffusers"
     assert metadata.license == "apache-2.0"
     assert {"score-sde", "sde-diffusers"} <= set(metadata.tags)
-    for text in ("# Score SDE on 8x8 digits", "NCSN++ (2 levels, 8 and 16 channels)",
-                 "VE SDE, sigma_min=0.01, sigma_max=50", "sklearn digits (1,797 8x8 images)", "| 1500 |",
-                 "| 0.0123457 |", "| 3.25 |", "![Samples drawn from this model](samples.png)",
-                 'HubTestPipeline.from_pretrained("sde-tests/digits-ve")',
-                 'DiffusionPipeline.from_pretrained("sde-tests/digits-ve", trust_remote_code=True)',
-                 "`apache-2.0` licence", "Score-Based Generative Modeling through Stochastic Differential Equations"):
+    for text in (
+        "# Score SDE on 8x8 digits",
+        "NCSN++ (2 levels, 8 and 16 channels)",
+        "VE SDE, sigma_min=0.01, sigma_max=50",
+        "sklearn digits (1,797 8x8 images)",
+        "| 1500 |",
+        "| 0.0123457 |",
+        "| 3.25 |",
+        "![Samples drawn from this model](samples.png)",
+        'HubTestPipeline.from_pretrained("sde-tests/digits-ve")',
+        'DiffusionPipeline.from_pretrained("sde-tests/digits-ve", trust_remote_code=True)',
+        "`apache-2.0` licence",
+        "Score-Based Generative Modeling through Stochastic Differential Equations",
+    ):
         assert text in card, text
     config_block = card.split("```json\n", 1)[1].split("\n```", 1)[0]
     assert json.loads(config_block) == CARD_FIELDS["training_config"]

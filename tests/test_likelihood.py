@@ -46,7 +46,9 @@ def _one_thread():
 GAUSS = GaussianMixture.gaussian(torch.zeros(4), torch.tensor([0.5, 0.3, 0.8, 0.4]))
 _W = torch.tensor([0.3, 0.7])
 _MU = torch.tensor([0.7, -0.4, 0.3, 0.5])
-MIX = GaussianMixture(torch.stack([_MU, -_MU * _W[0] / _W[1]]), torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.25, 0.3, 0.35, 0.2]]), _W)
+MIX = GaussianMixture(
+    torch.stack([_MU, -_MU * _W[0] / _W[1]]), torch.tensor([[0.3, 0.4, 0.2, 0.3], [0.25, 0.3, 0.35, 0.2]]), _W
+)
 
 
 def bits(nats: torch.Tensor, dims: int) -> torch.Tensor:
@@ -164,7 +166,11 @@ def test_decode_inverts_encode(sde_type):
     torch.testing.assert_close(x_back, x, rtol=0, atol=1e-5)
     # encodings are latent samples of the prior: for VP their std is ~1
     if sde_type == "vp":
-        many = encode(MIX.score_fn(sde), sde, MIX.sample(2000, generator=torch.Generator().manual_seed(9), dtype=torch.float64))
+        many = encode(
+            MIX.score_fn(sde),
+            sde,
+            MIX.sample(2000, generator=torch.Generator().manual_seed(9), dtype=torch.float64),
+        )
         assert abs(many.sample.std() - 1.0) < 0.05
 
 
@@ -179,20 +185,35 @@ def test_diffusers_model_with_a_ddpm_scheduler_config(prediction_type):
     out = log_likelihood(model, None, x, trace="exact", scheduler_config=config, offset_bits=0)
     assert bits(out.log_likelihood - MIX.log_prob(x.reshape(8, 4)), 4).abs().max() < 1e-3
     # the scheduler object itself works too
-    out2 = log_likelihood(model, None, x, trace="exact", scheduler_config=DDIMScheduler.from_config(config), offset_bits=0)
+    out2 = log_likelihood(
+        model, None, x, trace="exact", scheduler_config=DDIMScheduler.from_config(config), offset_bits=0
+    )
     torch.testing.assert_close(out.log_likelihood, out2.log_likelihood)
 
 
 def test_tiny_unet2dmodel_runs_end_to_end():
     torch.manual_seed(0)
     unet = UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
     )
     unet.train()
     x = (torch.randint(0, 256, (3, 1, 8, 8), generator=torch.Generator().manual_seed(0)) / 255.0) * 2 - 1
     out = log_likelihood(
-        unet, None, x, scheduler_config=DDPMScheduler().config, rtol=1e-2, atol=1e-2, dequantize=True, num_dequant=2,
+        unet,
+        None,
+        x,
+        scheduler_config=DDPMScheduler().config,
+        rtol=1e-2,
+        atol=1e-2,
+        dequantize=True,
+        num_dequant=2,
         generator=torch.Generator().manual_seed(0),
     )
     assert unet.training  # evaluated in eval mode, then restored
@@ -230,7 +251,13 @@ def test_bits_per_dim_offset_and_dequantization():
     torch.testing.assert_close(disc.bits_per_dim, cont.bits_per_dim + 7)
     x01 = (x + 1) / 2
     deq = log_likelihood(
-        MIX.score_fn(sde), sde, x01, data_range=(0, 1), dequantize=True, num_dequant=3, generator=torch.Generator().manual_seed(0)
+        MIX.score_fn(sde),
+        sde,
+        x01,
+        data_range=(0, 1),
+        dequantize=True,
+        num_dequant=3,
+        generator=torch.Generator().manual_seed(0),
     )
     assert deq.offset_bits == 8
     # sklearn's digits have 17 levels (k / 16): on the 8-bit grid they are rejected, with num_levels=17 accepted
@@ -245,7 +272,12 @@ def test_bits_per_dim_offset_and_dequantization():
 
 def test_sde_from_scheduler_configs():
     sde = sde_from_scheduler_config(DDPMScheduler(num_train_timesteps=500, beta_start=2e-4, beta_end=0.04).config)
-    assert isinstance(sde, VPSDE) and sde.N == 500 and sde.beta_min == pytest.approx(0.1) and sde.beta_max == pytest.approx(20.0)
+    assert (
+        isinstance(sde, VPSDE)
+        and sde.N == 500
+        and sde.beta_min == pytest.approx(0.1)
+        and sde.beta_max == pytest.approx(20.0)
+    )
     assert isinstance(sde_from_scheduler_config({"sde_type": "subvp"}), SubVPSDE)
     ve = sde_from_scheduler_config({"_class_name": "ScoreSdeVeScheduler", "sigma_min": 0.01, "sigma_max": 348.0})
     assert isinstance(ve, VESDE) and ve.sigma_max == 348.0 and ve.N == 2000
@@ -310,8 +342,14 @@ def _tiny_ddpm_pipeline(folder):
 
     torch.manual_seed(0)
     unet = UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 16), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4,
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
     )
     DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(folder)
     return folder
@@ -327,7 +365,22 @@ def test_cli_on_a_saved_ddpm_pipeline(tmp_path, capsys):
     model_dir = _tiny_ddpm_pipeline(tmp_path / "ddpm")
     fast = ["--rtol", "1e-2", "--atol", "1e-2", "--no-progress", "--batch-size", "2"]
     report = tmp_path / "digits.json"
-    assert main(["likelihood", str(model_dir), "--data", "digits", "--num-images", "3", "--output", str(report), *fast]) == 0
+    assert (
+        main(
+            [
+                "likelihood",
+                str(model_dir),
+                "--data",
+                "digits",
+                "--num-images",
+                "3",
+                "--output",
+                str(report),
+                *fast,
+            ]
+        )
+        == 0
+    )
     result = json.loads(report.read_text())
     assert result["num_images"] == 3 and len(result["per_image_bits_per_dim"]) == 3
     assert result["sde"] == "VPSDE" and result["prediction_type"] == "epsilon"
@@ -340,7 +393,9 @@ def test_cli_on_a_saved_ddpm_pipeline(tmp_path, capsys):
     pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8), dtype=np.uint8)
     for i, p in enumerate(pixels):
         Image.fromarray(p).save(images / f"{i}.png")
-    assert main(["likelihood", str(model_dir), "--data", str(images), "--output", str(tmp_path / "f.json"), *fast]) == 0
+    assert (
+        main(["likelihood", str(model_dir), "--data", str(images), "--output", str(tmp_path / "f.json"), *fast]) == 0
+    )
     assert json.loads((tmp_path / "f.json").read_text())["offset_bits"] == 7
 
     Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(images / "big.png")

@@ -141,9 +141,7 @@ def test_dsm_over_time_matches_the_integrated_closed_form(name, reduce_mean, lik
         generator=torch.Generator().manual_seed(3),
         return_per_sample=True,
     )
-    value, _ = integrate.quad(
-        lambda t: dsm_minimum(name, t, reduce_mean, likelihood_weighting), eps, 1.0, limit=200
-    )
+    value, _ = integrate.quad(lambda t: dsm_minimum(name, t, reduce_mean, likelihood_weighting), eps, 1.0, limit=200)
     assert_mc(per_sample, value / (1.0 - eps))
 
 
@@ -190,9 +188,7 @@ def test_smld_is_continuous_dsm_on_the_noise_grid():
         seen["x"], seen["t"] = x, t
         return -x / (1.0 + x.pow(2))
 
-    _, smld = smld_loss(
-        score_fn, ve, x0, num_scales=n_levels, timesteps=idx, noise=noise, return_per_sample=True
-    )
+    _, smld = smld_loss(score_fn, ve, x0, num_scales=n_levels, timesteps=idx, noise=noise, return_per_sample=True)
     sigmas = 0.01 * (50.0 / 0.01) ** (idx.double() / (n_levels - 1))  # geometric levels, increasing
     torch.testing.assert_close(seen["x"], x0 + sigmas[:, None] * noise)
     torch.testing.assert_close(seen["t"], idx.double() / (n_levels - 1))
@@ -371,9 +367,7 @@ def test_exact_and_sliced_losses_are_differentiable_in_model_parameters():
     (grad,) = torch.autograd.grad(loss, a)
     expected = -D + a.detach() * x.pow(2).sum(1).mean()
     torch.testing.assert_close(grad, expected)
-    loss = sliced_score_matching_loss(
-        score_fn, x, variance_reduction=True, generator=torch.Generator().manual_seed(0)
-    )
+    loss = sliced_score_matching_loss(score_fn, x, variance_reduction=True, generator=torch.Generator().manual_seed(0))
     (grad,) = torch.autograd.grad(loss, a)
     torch.testing.assert_close(grad, expected)
 
@@ -391,9 +385,7 @@ def test_losses_with_the_tiny_networks():
     loss = denoising_score_matching_loss(score_fn, vp, x0, t=t, noise=noise)
     mean, std = vp.marginal_prob(x0, t)
     eps_pred = ddpm(mean + std.view(-1, 1, 1, 1) * noise, t * 999, class_labels=labels).sample
-    torch.testing.assert_close(
-        loss, (eps_pred - noise).pow(2).mean()
-    )  # DSM with an epsilon net = epsilon MSE
+    torch.testing.assert_close(loss, (eps_pred - noise).pow(2).mean())  # DSM with an epsilon net = epsilon MSE
     loss.backward()
     assert all(p.grad is not None for p in ddpm.parameters())
     ddpm.zero_grad()

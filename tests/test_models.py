@@ -59,9 +59,7 @@ def test_fir_1331_is_quarter_offset_linear_interpolation():
     torch.testing.assert_close(up[2 * i + 1], 0.75 * row[i] + 0.25 * row[i + 1])
     down = fir_downsample_2d(x, k)[0, 0, 3]
     j = torch.arange(1, 5)
-    torch.testing.assert_close(
-        down[j], (row[2 * j - 1] + 3 * row[2 * j] + 3 * row[2 * j + 1] + row[2 * j + 2]) / 8
-    )
+    torch.testing.assert_close(down[j], (row[2 * j - 1] + 3 * row[2 * j] + 3 * row[2 * j + 1] + row[2 * j + 2]) / 8)
 
 
 def test_fused_fir_convolutions_match_filter_then_convolve_in_the_interior():
@@ -271,9 +269,7 @@ def test_presets_build_the_documented_class():
             assert type(model) is cls
             assert sum(p.numel() for p in model.parameters()) == preset_num_parameters(name)
             if cls is not NoiseConditionalClassifier:
-                assert (
-                    model.prediction_type == preset.prediction_type and model.time_input == preset.time_input
-                )
+                assert model.prediction_type == preset.prediction_type and model.time_input == preset.time_input
         assert set(preset.sde_types) <= {"ve", "vp", "subvp"}
     assert get_preset("ncsnpp-cifar10").prediction_type == "score"
     assert get_preset("ddpmpp-cifar10").prediction_type == "epsilon"
@@ -327,9 +323,7 @@ def test_bad_config_raises_clear_errors(overrides, match):
 
 
 def test_preset_errors():
-    with pytest.raises(
-        ValueError, match="unknown model preset 'ncsnpp-cifar100'; known presets: .*ncsnpp-cifar10"
-    ):
+    with pytest.raises(ValueError, match="unknown model preset 'ncsnpp-cifar100'; known presets: .*ncsnpp-cifar10"):
         from_preset("ncsnpp-cifar100")
     with pytest.raises(ValueError, match="builds a DDPMppModel, not a NCSNppModel"):
         NCSNppModel.from_preset("ddpmpp-tiny")

@@ -40,6 +40,7 @@ def _one_thread():
     yield
     torch.set_num_threads(before)
 
+
 RATES = torch.tensor([-3.0, -1.0, 0.0, 0.5, 2.0], dtype=torch.float64)
 
 
@@ -58,8 +59,11 @@ def linear_exact(y0: torch.Tensor, t0: float, t1: float) -> torch.Tensor:
 def gaussian_flow(sde, x, t_from, t_to, mean, std0):
     """Exact probability-flow map for data N(mean, diag(std0^2)): linear in x / m against sigma."""
     s_from, m_from = sigma_and_scale(sde, torch.tensor([t_from], dtype=torch.float64))
-    s_to, m_to = sigma_and_scale(sde, torch.tensor([t_to], dtype=torch.float64)) if t_to is not None else (
-        torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    s_to, m_to = (
+        sigma_and_scale(sde, torch.tensor([t_to], dtype=torch.float64))
+        if t_to is not None
+        else (torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64))
+    )
     ratio = torch.sqrt((std0**2 + s_to**2) / (std0**2 + s_from**2))
     return m_to * (mean + (x / m_from - mean) * ratio)
 
@@ -98,7 +102,14 @@ def test_per_sample_control_makes_samples_independent():
     batch = odeint(linear_fn, y0, 0.0, 2.0, rtol=1e-6, atol=1e-6)
 
     for i in range(5):
-        alone = odeint(lambda t, y, i=i: RATES[i] * torch.cos(t)[:, None] * y, y0[i : i + 1], 0.0, 2.0, rtol=1e-6, atol=1e-6)
+        alone = odeint(
+            lambda t, y, i=i: RATES[i] * torch.cos(t)[:, None] * y,
+            y0[i : i + 1],
+            0.0,
+            2.0,
+            rtol=1e-6,
+            atol=1e-6,
+        )
         torch.testing.assert_close(batch.y[i : i + 1], alone.y, rtol=1e-13, atol=1e-13)
         assert int(batch.nfe_per_sample[i]) == alone.nfe
         assert int(batch.num_steps[i]) == int(alone.num_steps[0])
@@ -154,7 +165,14 @@ def test_cuda_solve_does_not_synchronise_per_step():
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            sol = odeint(lambda t, y: rates[:, None] * torch.cos(t)[:, None] * y, y0.cuda(), 0.0, 2.0, rtol=1e-6, atol=1e-6)
+            sol = odeint(
+                lambda t, y: rates[:, None] * torch.cos(t)[:, None] * y,
+                y0.cuda(),
+                0.0,
+                2.0,
+                rtol=1e-6,
+                atol=1e-6,
+            )
     finally:
         torch.cuda.set_sync_debug_mode(0)
     syncs = sum("synchroniz" in str(w.message) for w in caught)
@@ -224,7 +242,9 @@ def test_sigma_form_is_the_probability_flow_ode(sde_type):
     dscale = torch.autograd.grad(scale.sum(), t)[0] if scale.requires_grad else torch.zeros_like(t)  # VE: m = 1
     t = t.detach()
     score = mix.score(x, t, sde)
-    via_sigma = (dscale / scale.detach())[:, None] * x + (scale.detach() * dsigma)[:, None] * ode_derivative(sde, x, t, score)
+    via_sigma = (dscale / scale.detach())[:, None] * x + (scale.detach() * dsigma)[:, None] * ode_derivative(
+        sde, x, t, score
+    )
     via_t = sde.reverse(mix.score_fn(sde), probability_flow=True).sde(x, t)[0]
     torch.testing.assert_close(via_sigma, via_t, rtol=1e-9, atol=1e-9)
 
@@ -254,8 +274,13 @@ def test_euler_in_sigma_is_exact_for_point_data(sde_type):
     point = torch.tensor([0.7, -0.3, 0.2], dtype=torch.float64)
     mix = GaussianMixture.gaussian(point, 1e-9)
     out = sample_probability_flow_fixed(
-        mix.score_fn(sde), sde, shape=(8, 3), num_steps=2, solver="euler",
-        generator=torch.Generator().manual_seed(0), dtype=torch.float64,
+        mix.score_fn(sde),
+        sde,
+        shape=(8, 3),
+        num_steps=2,
+        solver="euler",
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
     )
     assert out.nfe == 2
     torch.testing.assert_close(out.sample, point.expand(8, 3), rtol=0, atol=1e-7)
@@ -292,14 +317,17 @@ def test_step_functions_are_pure():
     from sde_diffusers.parameterization import score_to_x0
 
     torch.testing.assert_close(
-        ode_euler_step(x, d, sigma, torch.zeros_like(sigma), scale, torch.ones_like(scale)), score_to_x0(sde, -x, x, t)
+        ode_euler_step(x, d, sigma, torch.zeros_like(sigma), scale, torch.ones_like(scale)),
+        score_to_x0(sde, -x, x, t),
     )
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Samplers against the data distribution
 # ---------------------------------------------------------------------------------------------------------
-MIX = GaussianMixture(torch.tensor([[-1.5, 0.5], [1.0, -0.5]]), torch.tensor([[0.3, 0.4], [0.4, 0.3]]), torch.tensor([0.3, 0.7]))
+MIX = GaussianMixture(
+    torch.tensor([[-1.5, 0.5], [1.0, -0.5]]), torch.tensor([[0.3, 0.4], [0.4, 0.3]]), torch.tensor([0.3, 0.7])
+)
 
 
 def check_mixture_samples(x: torch.Tensor, mix: GaussianMixture = MIX, tol: float = 0.06) -> None:
@@ -314,8 +342,13 @@ def check_mixture_samples(x: torch.Tensor, mix: GaussianMixture = MIX, tol: floa
 def test_adaptive_ode_sampler_reproduces_the_data(sde_type):
     sde = SDES[sde_type]()
     out = sample_probability_flow(
-        MIX.score_fn(sde), sde, shape=(3000, 2), generator=torch.Generator().manual_seed(0), dtype=torch.float64,
-        rtol=1e-4, atol=1e-4,
+        MIX.score_fn(sde),
+        sde,
+        shape=(3000, 2),
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+        rtol=1e-4,
+        atol=1e-4,
     )
     check_mixture_samples(out.sample)
     assert 0 < out.nfe < 400
@@ -325,8 +358,14 @@ def test_adaptive_ode_sampler_reproduces_the_data(sde_type):
 def test_heun_sampler_reproduces_the_data(sde_type):
     sde = SDES[sde_type]()
     out = sample_probability_flow_fixed(
-        MIX.score_fn(sde), sde, shape=(3000, 2), num_steps=25, solver="heun", spacing="karras",
-        generator=torch.Generator().manual_seed(1), dtype=torch.float64,
+        MIX.score_fn(sde),
+        sde,
+        shape=(3000, 2),
+        num_steps=25,
+        solver="heun",
+        spacing="karras",
+        generator=torch.Generator().manual_seed(1),
+        dtype=torch.float64,
     )
     check_mixture_samples(out.sample)
 

@@ -98,8 +98,14 @@ SCHEDULERS = {
     "vp-ddpm": ("vp", lambda: DDPMScheduler()),
     "vp-dpm-solver": ("vp", lambda: DPMSolverMultistepScheduler()),
 }
-SCHEDULERS["ve-ode-heun"] = ("ve", lambda: ProbabilityFlowScheduler(sde_type="ve", sigma_max=10.0, solver="heun"))
-SCHEDULERS["vp-ode-euler"] = ("vp", lambda: ProbabilityFlowScheduler.from_config(VPSDEScheduler().config, solver="euler"))
+SCHEDULERS["ve-ode-heun"] = (
+    "ve",
+    lambda: ProbabilityFlowScheduler(sde_type="ve", sigma_max=10.0, solver="heun"),
+)
+SCHEDULERS["vp-ode-euler"] = (
+    "vp",
+    lambda: ProbabilityFlowScheduler.from_config(VPSDEScheduler().config, solver="euler"),
+)
 SCHEDULERS["subvp-ode-heun"] = ("subvp", lambda: ProbabilityFlowScheduler(sde_type="subvp", spacing="karras"))
 
 
@@ -125,7 +131,7 @@ def grey_image(seed: int = 1) -> np.ndarray:
 def inpaint_inputs(seed: int = 1) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     pixels = (data_image(1, seed)[..., 0] * 255).round().astype(np.uint8)
     mask = np.zeros((SIZE, SIZE), np.uint8)
-    mask[:, SIZE // 2:] = 255
+    mask[:, SIZE // 2 :] = 255
     return PIL.Image.fromarray(pixels, "L"), PIL.Image.fromarray(mask, "L")
 
 
@@ -165,8 +171,9 @@ def test_every_pipeline_with_every_scheduler(cls, family):
     np.testing.assert_array_equal(np_out, pt.images.permute(0, 2, 3, 1).numpy())  # same seed, same images
     pil = call(pipe, batch_size=2, generator=torch.Generator().manual_seed(0)).images
     assert len(pil) == 2 and pil[0].size == (SIZE, SIZE) and pil[0].mode == ("RGB" if channels == 3 else "L")
-    (as_tuple,) = call(pipe, batch_size=2, generator=torch.Generator().manual_seed(0), output_type="pt",
-                       return_dict=False)
+    (as_tuple,) = call(
+        pipe, batch_size=2, generator=torch.Generator().manual_seed(0), output_type="pt", return_dict=False
+    )
     torch.testing.assert_close(as_tuple, pt.images, rtol=0, atol=0)
 
 
@@ -204,8 +211,9 @@ def test_adaptive_samplers_run_every_pipeline(cls, sampler):
         expected = torch.from_numpy(np.asarray(image) / np.float32(255))[keep]
         assert torch.equal(out.images[:, 0][:, keep], expected.expand(2, -1))
     if cls is ScoreSdeColorizationPipeline:
-        torch.testing.assert_close(grey_level(out.images)[:, 0], torch.from_numpy(grey_image()).expand(2, -1, -1),
-                                   rtol=0, atol=2e-7)
+        torch.testing.assert_close(
+            grey_level(out.images)[:, 0], torch.from_numpy(grey_image()).expand(2, -1, -1), rtol=0, atol=2e-7
+        )
 
 
 def test_the_pc_loop_calls_the_model_for_corrector_and_predictor_steps():
@@ -213,9 +221,12 @@ def test_the_pc_loop_calls_the_model_for_corrector_and_predictor_steps():
     calls = []
     pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(float(torch.as_tensor(args[1]).max())))
     steps = []
-    out = pipe(num_inference_steps=5, output_type="pt",
-               callback_on_step_end=lambda p, i, t, kw: steps.append((i, float(t), kw["latents"].shape)) or {},
-               callback_on_step_end_tensor_inputs=["latents"])
+    out = pipe(
+        num_inference_steps=5,
+        output_type="pt",
+        callback_on_step_end=lambda p, i, t, kw: steps.append((i, float(t), kw["latents"].shape)) or {},
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
     assert out.nfe == len(calls) == len(steps) == 10  # one corrector and one predictor call per noise level
     sigmas = torch.tensor(calls)
     torch.testing.assert_close(sigmas[0::2], sigmas[1::2])  # both calls of a level see the same sigma
@@ -229,8 +240,12 @@ def test_callback_can_replace_the_latents():
     def zero_last(p, i, t, kw):
         return {"latents": torch.zeros_like(kw["latents"])} if i == len(p.scheduler.timesteps) - 1 else {}
 
-    out = pipe(num_inference_steps=3, output_type="pt", callback_on_step_end=zero_last,
-               callback_on_step_end_tensor_inputs=["latents"])
+    out = pipe(
+        num_inference_steps=3,
+        output_type="pt",
+        callback_on_step_end=zero_last,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
     torch.testing.assert_close(out.images, torch.full_like(out.images, 0.5))
 
 
@@ -264,22 +279,35 @@ def test_tiny_networks_run_in_every_pipeline():
     mask = np.zeros((8, 8), bool)
     mask[2:6, 2:6] = True
     pixels = np.random.default_rng(0).uniform(0, 1, (8, 8)).astype(np.float32)
-    out = ScoreSdeInpaintPipeline(ve, VESDEScheduler())(pixels, mask, num_inference_steps=2, generator=gen(),
-                                                       output_type="np").images
+    out = ScoreSdeInpaintPipeline(ve, VESDEScheduler())(
+        pixels, mask, num_inference_steps=2, generator=gen(), output_type="np"
+    ).images
     np.testing.assert_array_equal(out[0, ~mask, 0], pixels[~mask])
-    out = ScoreSdeColorizationPipeline(vp_rgb, DDIMScheduler())(pixels, num_inference_steps=2, generator=gen(),
-                                                               output_type="pt").images
+    out = ScoreSdeColorizationPipeline(vp_rgb, DDIMScheduler())(
+        pixels, num_inference_steps=2, generator=gen(), output_type="pt"
+    ).images
     torch.testing.assert_close(grey_level(out)[0, 0], torch.from_numpy(pixels), rtol=0, atol=1e-6)
 
 
 def test_a_plain_diffusers_checkpoint_runs_unchanged_and_conditions():
     """UNet2DModel + DDPMScheduler: bit-identical to DDPMPipeline unconditionally; inpaints through its attention."""
     torch.manual_seed(0)
-    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       norm_num_groups=4, attention_head_dim=8)
+    unet = UNet2DModel(
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=4,
+        attention_head_dim=8,
+    )
     scheduler = DDPMScheduler()
-    kw = lambda: dict(batch_size=2, num_inference_steps=5, output_type="np", generator=torch.Generator().manual_seed(0))  # noqa: E731
+
+    def kw() -> dict:
+        return dict(batch_size=2, num_inference_steps=5, output_type="np", generator=torch.Generator().manual_seed(0))
+
     reference = DDPMPipeline(unet, scheduler)(**kw()).images
     np.testing.assert_array_equal(ScoreSdePipeline(unet, scheduler)(**kw()).images, reference)
     mask = np.zeros((8, 8), bool)
@@ -306,11 +334,21 @@ def test_classifier_guidance_with_the_bayes_classifier_samples_one_component():
         return torch.cdist(x, centres.double()).argmin(1)
 
     for label in (0, 1):
-        out = pipe(batch_size=64, class_labels=label, num_inference_steps=30, output_type="pt",
-                   generator=torch.Generator().manual_seed(label))
+        out = pipe(
+            batch_size=64,
+            class_labels=label,
+            num_inference_steps=30,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(label),
+        )
         assert (components(out.images) == label).all()
-    mixed = pipe(class_labels=[0, 1] * 32, classifier_scale=0.0, num_inference_steps=30, output_type="pt",
-                 generator=torch.Generator().manual_seed(2))
+    mixed = pipe(
+        class_labels=[0, 1] * 32,
+        classifier_scale=0.0,
+        num_inference_steps=30,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(2),
+    )
     counts = torch.bincount(components(mixed.images), minlength=2)
     assert counts.min() >= 16  # no guidance: both components (weights 0.5 each)
 
@@ -319,8 +357,9 @@ def test_class_labels_reach_a_label_conditional_unet_in_every_form():
     torch.manual_seed(0)
     unet = NCSNppModel.from_preset("ncsnpp-tiny", sample_size=8, num_class_embeds=3)
     seen = []
-    unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["class_labels"].tolist()),
-                                   with_kwargs=True)
+    unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["class_labels"].tolist()), with_kwargs=True
+    )
     pipe = ScoreSdePipeline(unet, VESDEScheduler(corrector="none"))
     pipe.set_progress_bar_config(disable=True)
     for labels in ([2, 0], torch.tensor([2, 0]), np.array([2, 0])):
@@ -343,13 +382,20 @@ def test_inpainting_keeps_the_known_pixels(family, method):
     image, mask = inpaint_inputs(seed=4)
     keep = np.asarray(mask) == 0
     for variance in ("jacobian", 0.5):
-        kw = dict(num_inference_steps=STEPS, method=method, guidance_variance=variance, batch_size=3,
-                  generator=torch.Generator().manual_seed(0))
+        kw = dict(
+            num_inference_steps=STEPS,
+            method=method,
+            guidance_variance=variance,
+            batch_size=3,
+            generator=torch.Generator().manual_seed(0),
+        )
         pil = pipe(image, mask, **kw).images
         for result in pil:
             np.testing.assert_array_equal(np.asarray(result)[keep], np.asarray(image)[keep])
         arr = pipe(image, mask.convert("RGB"), output_type="np", **kw).images  # an RGB black-and-white mask
-        np.testing.assert_array_equal(arr[:, keep, 0], np.broadcast_to(np.asarray(image)[keep] / np.float32(255), (3, keep.sum())))
+        np.testing.assert_array_equal(
+            arr[:, keep, 0], np.broadcast_to(np.asarray(image)[keep] / np.float32(255), (3, keep.sum()))
+        )
         assert not np.allclose(arr[0, ~keep], arr[1, ~keep])  # the hole is sampled, not copied
 
 
@@ -368,8 +414,11 @@ def test_inpainting_accepts_every_input_kind_and_a_per_channel_mask():
     np.testing.assert_array_equal(out[..., [0, 2]], rgb[..., [0, 2]])
     from_torch = pipe(torch.from_numpy(rgb).permute(2, 0, 1), torch.from_numpy(mask).permute(2, 0, 1), **kw()).images
     np.testing.assert_array_equal(from_torch[0], out)
-    from_pil = pipe(PIL.Image.fromarray((rgb * 255).round().astype(np.uint8)),
-                    PIL.Image.fromarray((mask * 255).astype(np.uint8)), **kw()).images[0]
+    from_pil = pipe(
+        PIL.Image.fromarray((rgb * 255).round().astype(np.uint8)),
+        PIL.Image.fromarray((mask * 255).astype(np.uint8)),
+        **kw(),
+    ).images[0]
     np.testing.assert_array_equal(from_pil[..., 0], (rgb[..., 0] * 255).round() / np.float32(255))
     soft = mask * 0.7
     thresholded = pipe(rgb, soft, mask_threshold=0.5, **kw()).images[0]
@@ -392,7 +441,9 @@ def test_colorization_keeps_the_grey_level(family, method):
     assert float(out.std(0).mean()) > 1e-3  # the colours are sampled
     luma = (0.299, 0.587, 0.114)
     out = pipe(grey, output_type="pt", grey_weights=luma, **kw).images
-    torch.testing.assert_close(grey_level(out, luma), torch.from_numpy(grey).expand(3, 1, SIZE, SIZE), rtol=0, atol=2e-7)
+    torch.testing.assert_close(
+        grey_level(out, luma), torch.from_numpy(grey).expand(3, 1, SIZE, SIZE), rtol=0, atol=2e-7
+    )
     pil_grey = PIL.Image.fromarray((grey * 255).round().astype(np.uint8), "L")
     pil = pipe(pil_grey, **kw).images
     for image in pil:
@@ -434,7 +485,9 @@ def test_swapping_schedulers_with_from_config():
     t = view.continuous(torch.tensor(0), 2, torch.zeros(2))
     torch.testing.assert_close(t, torch.full((2,), 1e-3))
     alpha_bar = DDPMScheduler().alphas_cumprod
-    mean_coeff, _ = view.sde.marginal_coeffs(view.continuous(torch.tensor(499), 1, torch.zeros(1, dtype=torch.float64)))
+    mean_coeff, _ = view.sde.marginal_coeffs(
+        view.continuous(torch.tensor(499), 1, torch.zeros(1, dtype=torch.float64))
+    )
     assert float(mean_coeff**2) == pytest.approx(float(alpha_bar[499]), rel=1e-2)
 
 
@@ -516,32 +569,60 @@ BAD_CALLS = [
     (ScoreSdePipeline, dict(sampler="rk4"), ValueError, "sampler"),
     (ScoreSdePipeline, dict(sampler_options={"rtol": 0.1}), ValueError, "sampler_options"),
     (ScoreSdePipeline, dict(sampler="adaptive_ode", sampler_options=[0.1]), TypeError, "sampler_options"),
-    (ScoreSdePipeline, dict(sampler="adaptive_ode", callback_on_step_end=lambda *a: {}), ValueError, "callback"),
+    (
+        ScoreSdePipeline,
+        dict(sampler="adaptive_ode", callback_on_step_end=lambda *a: {}),
+        ValueError,
+        "callback",
+    ),
     (ScoreSdePipeline, dict(sampler="adaptive_ode", sampler_options={"rtol": -1.0}), ValueError, "rtol"),
     (ScoreSdeInpaintPipeline, dict(sampler="adaptive_sde", method="replacement"), ValueError, "guidance"),
     (ScoreSdeInpaintPipeline, dict(mask_image=np.ones((SIZE, SIZE + 1), bool)), ValueError, "same height"),
-    (ScoreSdeInpaintPipeline, dict(mask_image=np.full((SIZE, SIZE), 0.5, np.float32)), ValueError, "mask_threshold"),
+    (
+        ScoreSdeInpaintPipeline,
+        dict(mask_image=np.full((SIZE, SIZE), 0.5, np.float32)),
+        ValueError,
+        "mask_threshold",
+    ),
     (ScoreSdeInpaintPipeline, dict(mask_threshold=1.5), ValueError, "mask_threshold"),
     (ScoreSdeInpaintPipeline, dict(image=np.zeros((SIZE, SIZE, 3), np.float32)), ValueError, "RGB"),
-    (ScoreSdeInpaintPipeline, dict(image=np.zeros((8, 8), np.float32), mask_image=np.ones((8, 8), bool)),
-     ValueError, "resize"),
+    (
+        ScoreSdeInpaintPipeline,
+        dict(image=np.zeros((8, 8), np.float32), mask_image=np.ones((8, 8), bool)),
+        ValueError,
+        "resize",
+    ),
     (ScoreSdeInpaintPipeline, dict(image=np.full((SIZE, SIZE), 2.0, np.float32)), ValueError, r"\[0, 1\]"),
     (ScoreSdeInpaintPipeline, dict(image="photo.png"), TypeError, "image"),
     (ScoreSdeInpaintPipeline, dict(image=PIL.Image.new("RGBA", (SIZE, SIZE))), ValueError, "mode"),
     (ScoreSdeInpaintPipeline, dict(method="repaint"), ValueError, "method"),
     (ScoreSdeInpaintPipeline, dict(guidance_variance=0.0), ValueError, "guidance_variance"),
-    (ScoreSdeInpaintPipeline, dict(batch_size=2, mask_image=np.ones((3, SIZE, SIZE, 1), bool)), ValueError,
-     "mask_image"),
-    (ScoreSdeColorizationPipeline, dict(image=np.zeros((SIZE, SIZE, 3), np.float32)), ValueError, "grayscale"),
+    (
+        ScoreSdeInpaintPipeline,
+        dict(batch_size=2, mask_image=np.ones((3, SIZE, SIZE, 1), bool)),
+        ValueError,
+        "mask_image",
+    ),
+    (
+        ScoreSdeColorizationPipeline,
+        dict(image=np.zeros((SIZE, SIZE, 3), np.float32)),
+        ValueError,
+        "grayscale",
+    ),
     (ScoreSdeColorizationPipeline, dict(image=PIL.Image.new("RGB", (SIZE, SIZE))), ValueError, "grayscale"),
     (ScoreSdeColorizationPipeline, dict(grey_weights=(1, 0, -1)), ValueError, "grey_weights"),
-    (ScoreSdeColorizationPipeline, dict(image=np.zeros((2, SIZE, SIZE), np.float32), batch_size=3), ValueError,
-     "image"),
+    (
+        ScoreSdeColorizationPipeline,
+        dict(image=np.zeros((2, SIZE, SIZE), np.float32), batch_size=3),
+        ValueError,
+        "image",
+    ),
 ]
 
 
-@pytest.mark.parametrize("cls,kwargs,error,match", BAD_CALLS,
-                         ids=[f"{c.__name__}-{next(iter(k))}-{m}" for c, k, _, m in BAD_CALLS])
+@pytest.mark.parametrize(
+    "cls,kwargs,error,match", BAD_CALLS, ids=[f"{c.__name__}-{next(iter(k))}-{m}" for c, k, _, m in BAD_CALLS]
+)
 def test_bad_input_fails_clearly_before_any_work(counted, cls, kwargs, error, match):
     pipes, counter = counted
     pipe = pipes[cls]
@@ -559,8 +640,9 @@ def test_bad_input_fails_clearly_before_any_work(counted, cls, kwargs, error, ma
 def test_label_errors(counted):
     pipes, counter = counted
     torch.manual_seed(0)
-    conditional = ScoreSdePipeline(NCSNppModel.from_preset("ncsnpp-tiny", sample_size=8, num_class_embeds=3),
-                                   VESDEScheduler())
+    conditional = ScoreSdePipeline(
+        NCSNppModel.from_preset("ncsnpp-tiny", sample_size=8, num_class_embeds=3), VESDEScheduler()
+    )
     conditional.unet.register_forward_pre_hook(lambda *a: counter.append(1))
     with pytest.raises(ValueError, match=r"\[0, 3\)"):
         conditional(class_labels=[0, 3])
@@ -603,39 +685,145 @@ def test_cli_sample_inpaint_colorize(tmp_path, capsys):
     image.save(tmp_path / "image.png")
     mask.save(tmp_path / "mask.png")
     common = ["--steps", "3", "--num-images", "3", "--batch-size", "2", "--device", "cpu"]
-    assert cli_main(["sample", str(grey_model), "--output-dir", str(tmp_path / "s"), "--grid",
-                     "--scheduler", "DDIMScheduler", *common]) == 0
+    assert (
+        cli_main(
+            [
+                "sample",
+                str(grey_model),
+                "--output-dir",
+                str(tmp_path / "s"),
+                "--grid",
+                "--scheduler",
+                "DDIMScheduler",
+                *common,
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
-        "sample_0000.png", "sample_0001.png", "sample_0002.png", "sample_grid.png"]
-    assert cli_main(["inpaint", str(grey_model), "--image", str(tmp_path / "image.png"), "--mask",
-                     str(tmp_path / "mask.png"), "--output-dir", str(tmp_path / "i"), "--method", "replacement",
-                     *common]) == 0
+        "sample_0000.png",
+        "sample_0001.png",
+        "sample_0002.png",
+        "sample_grid.png",
+    ]
+    assert (
+        cli_main(
+            [
+                "inpaint",
+                str(grey_model),
+                "--image",
+                str(tmp_path / "image.png"),
+                "--mask",
+                str(tmp_path / "mask.png"),
+                "--output-dir",
+                str(tmp_path / "i"),
+                "--method",
+                "replacement",
+                *common,
+            ]
+        )
+        == 0
+    )
     keep = np.asarray(mask) == 0
     for path in sorted((tmp_path / "i").iterdir()):
         np.testing.assert_array_equal(np.asarray(PIL.Image.open(path))[keep], np.asarray(image)[keep])
-    assert cli_main(["colorize", str(colour_model), "--image", str(tmp_path / "image.png"), "--output-dir",
-                     str(tmp_path / "c"), "--scheduler-option", "snr=0.1", *common]) == 0
+    assert (
+        cli_main(
+            [
+                "colorize",
+                str(colour_model),
+                "--image",
+                str(tmp_path / "image.png"),
+                "--output-dir",
+                str(tmp_path / "c"),
+                "--scheduler-option",
+                "snr=0.1",
+                *common,
+            ]
+        )
+        == 0
+    )
     coloured = [np.asarray(PIL.Image.open(p), dtype=np.float64) for p in sorted((tmp_path / "c").iterdir())]
     assert len(coloured) == 3 and all(np.abs(c.mean(-1) - np.asarray(image)).max() <= 0.5 + 1e-9 for c in coloured)
     # Image i depends on seed + i only, not on the batch size.
-    assert cli_main(["sample", str(grey_model), "--output-dir", str(tmp_path / "s1"), "--scheduler",
-                     "DDIMScheduler", "--steps", "3", "--num-images", "3", "--batch-size", "1"]) == 0
+    assert (
+        cli_main(
+            [
+                "sample",
+                str(grey_model),
+                "--output-dir",
+                str(tmp_path / "s1"),
+                "--scheduler",
+                "DDIMScheduler",
+                "--steps",
+                "3",
+                "--num-images",
+                "3",
+                "--batch-size",
+                "1",
+            ]
+        )
+        == 0
+    )
     for name in ("sample_0000.png", "sample_0002.png"):
-        np.testing.assert_array_equal(np.asarray(PIL.Image.open(tmp_path / "s" / name)),
-                                      np.asarray(PIL.Image.open(tmp_path / "s1" / name)))
+        np.testing.assert_array_equal(
+            np.asarray(PIL.Image.open(tmp_path / "s" / name)),
+            np.asarray(PIL.Image.open(tmp_path / "s1" / name)),
+        )
     with pytest.raises(SystemExit, match="MODEL_DIR"):
         cli_main(["sample", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="scheduler class"):
         cli_main(["sample", str(grey_model), "--output-dir", str(tmp_path / "x"), "--scheduler", "Nope"])
-    assert cli_main(["sample", str(grey_model), "--output-dir", str(tmp_path / "a"), "--num-images", "2",
-                     "--sampler", "adaptive_ode", "--sampler-option", "rtol=0.001", "--sampler-option", "atol=0.001",
-                     "--prefix", "ode"]) == 0
+    assert (
+        cli_main(
+            [
+                "sample",
+                str(grey_model),
+                "--output-dir",
+                str(tmp_path / "a"),
+                "--num-images",
+                "2",
+                "--sampler",
+                "adaptive_ode",
+                "--sampler-option",
+                "rtol=0.001",
+                "--sampler-option",
+                "atol=0.001",
+                "--prefix",
+                "ode",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["ode_0000.png", "ode_0001.png"]
     with pytest.raises(SystemExit, match="guidance"):  # a pipeline's ValueError, as a message
-        cli_main(["inpaint", str(grey_model), "--image", str(tmp_path / "image.png"), "--mask",
-                  str(tmp_path / "mask.png"), "--output-dir", str(tmp_path / "x"), "--method", "replacement",
-                  "--sampler", "adaptive_sde"])
+        cli_main(
+            [
+                "inpaint",
+                str(grey_model),
+                "--image",
+                str(tmp_path / "image.png"),
+                "--mask",
+                str(tmp_path / "mask.png"),
+                "--output-dir",
+                str(tmp_path / "x"),
+                "--method",
+                "replacement",
+                "--sampler",
+                "adaptive_sde",
+            ]
+        )
     with pytest.raises(SystemExit, match="--image"):
-        cli_main(["inpaint", str(grey_model), "--image", str(tmp_path / "none.png"), "--mask",
-                  str(tmp_path / "mask.png"), "--output-dir", str(tmp_path / "x")])
+        cli_main(
+            [
+                "inpaint",
+                str(grey_model),
+                "--image",
+                str(tmp_path / "none.png"),
+                "--mask",
+                str(tmp_path / "mask.png"),
+                "--output-dir",
+                str(tmp_path / "x"),
+            ]
+        )
     assert "wrote 3 image(s)" in capsys.readouterr().out

@@ -62,7 +62,9 @@ def hand_loop(scheduler, model, n_steps, batch, seed=0, x=None):
 
 
 @pytest.mark.parametrize("sde_type", ["ve", "vp", "subvp"])
-@pytest.mark.parametrize("solver,spacing,steps", [("euler", "karras", 200), ("heun", "karras", 40), ("heun", "uniform", 80)])
+@pytest.mark.parametrize(
+    "solver,spacing,steps", [("euler", "karras", 200), ("heun", "karras", 40), ("heun", "uniform", 80)]
+)
 def test_hand_written_loop_samples_the_data(sde_type, solver, spacing, steps):
     scheduler = ProbabilityFlowScheduler(sde_type=sde_type, solver=solver, spacing=spacing)
     model = ExactScoreModel(MEANS, STD, sde_type=sde_type, prediction_type=scheduler.config.prediction_type)
@@ -75,10 +77,18 @@ def test_scheduler_loop_is_the_pure_sampler(sde_type, solver):
     """The scheduler only keeps timesteps: its loop equals sample_probability_flow_fixed step for step."""
     scheduler = ProbabilityFlowScheduler(sde_type=sde_type, solver=solver, spacing="karras")
     model = ExactScoreModel(MEANS, STD, sde_type=sde_type, prediction_type=scheduler.config.prediction_type)
-    x_T = torch.randn(16, 1, 2, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * scheduler.init_noise_sigma
+    x_T = (
+        torch.randn(16, 1, 2, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        * scheduler.init_noise_sigma
+    )
     out = hand_loop(scheduler, model.double(), 7, 16, x=x_T)
     ref = sample_probability_flow_fixed(
-        model.mixture.score_fn(scheduler.sde), scheduler.sde, x_T, num_steps=7, solver=solver, spacing="karras"
+        model.mixture.score_fn(scheduler.sde),
+        scheduler.sde,
+        x_T,
+        num_steps=7,
+        solver=solver,
+        spacing="karras",
     )
     # the model sees float32 timesteps (as in any Diffusers loop), the pure sampler float64 times
     torch.testing.assert_close(out, ref.sample, rtol=1e-5, atol=1e-5)
@@ -94,15 +104,23 @@ def test_swap_into_diffusers_pipelines_with_one_call_per_step(pipeline_cls, sde_
     assert pipe.scheduler.order == 2
     pipe.set_progress_bar_config(disable=True)
     CountingModel.calls = 0
-    images = pipe(batch_size=3000, num_inference_steps=40, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        batch_size=3000, num_inference_steps=40, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     assert CountingModel.calls == 2 * 40 - 1
     check_gaussian(torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1)
 
 
 def test_swap_with_a_tiny_unet():
     unet = UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 32), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
     )
     pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
     pipe.scheduler = ProbabilityFlowScheduler.from_config(pipe.scheduler.config, solver="euler", spacing="karras")
@@ -115,7 +133,9 @@ def test_swap_with_a_tiny_unet():
 
 def test_from_config_maps_ddpm_ddim_and_score_sde_configs(tmp_path):
     vp = ProbabilityFlowScheduler.from_config(DDPMScheduler().config)
-    assert isinstance(vp.sde, VPSDE) and vp.sde.beta_min == pytest.approx(0.1) and vp.sde.beta_max == pytest.approx(20.0)
+    assert (
+        isinstance(vp.sde, VPSDE) and vp.sde.beta_min == pytest.approx(0.1) and vp.sde.beta_max == pytest.approx(20.0)
+    )
     assert vp.sde.N == 1000 and vp.config.prediction_type == "epsilon"
     v = ProbabilityFlowScheduler.from_config(DDIMScheduler(prediction_type="v_prediction", beta_end=0.012).config)
     assert v.config.prediction_type == "v_prediction" and v.sde.beta_max == pytest.approx(12.0)
@@ -127,8 +147,9 @@ def test_from_config_maps_ddpm_ddim_and_score_sde_configs(tmp_path):
     SubVPSDEScheduler().save_pretrained(tmp_path / "subvp")
     sub = ProbabilityFlowScheduler.from_config(SubVPSDEScheduler.load_config(tmp_path / "subvp"))
     assert isinstance(sub.sde, SubVPSDE)
-    sdevp = ProbabilityFlowScheduler.from_config({"_class_name": "ScoreSdeVpScheduler", "beta_min": 0.1, "beta_max": 20.0,
-                                                  "num_train_timesteps": 2000})
+    sdevp = ProbabilityFlowScheduler.from_config(
+        {"_class_name": "ScoreSdeVpScheduler", "beta_min": 0.1, "beta_max": 20.0, "num_train_timesteps": 2000}
+    )
     assert sdevp.sde.N == 2000 and sdevp.sde.beta_max == pytest.approx(20.0)
     # and back: a DDPM-family scheduler built from ours keeps the betas
     ddim = DDIMScheduler.from_config(vp.config)
@@ -144,7 +165,9 @@ def test_timesteps_are_in_model_scale_and_repeat_for_heun():
     euler = ProbabilityFlowScheduler(sde_type="ve", solver="euler", spacing="karras")
     euler.set_timesteps(5)
     assert euler.timesteps.dtype == torch.float32 and len(euler.timesteps) == 5
-    assert euler.timesteps[0] == pytest.approx(50.0) and euler.timesteps[-1] == pytest.approx(float(euler.sde.sigma(torch.tensor(1e-3))))
+    assert euler.timesteps[0] == pytest.approx(50.0) and euler.timesteps[-1] == pytest.approx(
+        float(euler.sde.sigma(torch.tensor(1e-3)))
+    )
     root = euler.timesteps.double() ** (1 / 7)
     torch.testing.assert_close(root.diff(), root.diff()[:1].expand(4), rtol=1e-4, atol=1e-6)
     assert euler.init_noise_sigma == 50.0 and heun.init_noise_sigma == 1.0 and euler.order == 1
@@ -170,7 +193,9 @@ def test_prediction_types_give_the_same_step(prediction_type):
 
 
 def test_save_and_load_round_trip(tmp_path):
-    scheduler = ProbabilityFlowScheduler(sde_type="subvp", solver="euler", spacing="karras", rho=5.0, sampling_eps=1e-4)
+    scheduler = ProbabilityFlowScheduler(
+        sde_type="subvp", solver="euler", spacing="karras", rho=5.0, sampling_eps=1e-4
+    )
     scheduler.save_pretrained(tmp_path)
     loaded = ProbabilityFlowScheduler.from_pretrained(tmp_path)
     strip = lambda c: {k: v for k, v in c.items() if k != "_use_default_values"}  # noqa: E731

@@ -18,7 +18,9 @@ from sde_diffusers.sampling import (
 SDES = {"ve": VESDE(), "vp": VPSDE(), "subvp": SubVPSDE()}
 SNR = {"ve": 0.16, "vp": 0.16, "subvp": 0.16}
 EPS = {"ve": 1e-5, "vp": 1e-3, "subvp": 1e-3}
-DATA = GaussianMixture(torch.tensor([[-1.5, 0.5], [1.0, -0.5]]), torch.tensor([[0.4, 0.6], [0.5, 0.3]]), torch.tensor([0.3, 0.7]))
+DATA = GaussianMixture(
+    torch.tensor([[-1.5, 0.5], [1.0, -0.5]]), torch.tensor([[0.4, 0.6], [0.5, 0.3]]), torch.tensor([0.3, 0.7])
+)
 SINGLE = GaussianMixture.gaussian(torch.tensor([0.8, -0.4]), torch.tensor([0.5, 1.2]))
 N_SAMPLES, N_STEPS = 3000, 150
 

@@ -66,8 +66,18 @@ def test_scheduler_equals_the_step_functions():
     score_fn = model.mixture.score_fn(sde)
     for t in torch.linspace(1.0, 1e-5, 20, dtype=torch.float64):
         tv = t.float().expand(8)
-        x, _ = langevin_step(sde, lambda a, b: score_fn(a.double(), b.double()).float(), x, tv, snr=0.16, num_steps=20, generator=gen)
-        x, x_mean = reverse_diffusion_step(sde, lambda a, b: score_fn(a.double(), b.double()).float(), x, tv, num_steps=20, generator=gen)
+        x, _ = langevin_step(
+            sde,
+            lambda a, b: score_fn(a.double(), b.double()).float(),
+            x,
+            tv,
+            snr=0.16,
+            num_steps=20,
+            generator=gen,
+        )
+        x, x_mean = reverse_diffusion_step(
+            sde, lambda a, b: score_fn(a.double(), b.double()).float(), x, tv, num_steps=20, generator=gen
+        )
     torch.testing.assert_close(out, x_mean, rtol=1e-4, atol=1e-4)
 
 
@@ -91,14 +101,22 @@ def test_swap_into_diffusers_pipelines(pipeline_cls, cls):
     pipe = pipeline_cls(unet=model, scheduler=DDPMScheduler())
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    images = pipe(batch_size=3000, num_inference_steps=200, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    images = pipe(
+        batch_size=3000, num_inference_steps=200, output_type="np", generator=torch.Generator().manual_seed(0)
+    ).images
     check_gaussian(torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1)
 
 
 def test_swap_with_a_tiny_unet():
     unet = UNet2DModel(
-        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(32, 32), layers_per_block=1,
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=8,
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
     )
     pipe = DDPMPipeline(unet=unet, scheduler=DDPMScheduler())
     pipe.scheduler = VPSDEScheduler.from_config(pipe.scheduler.config, corrector="langevin")
@@ -169,7 +187,9 @@ def test_generator_list_gives_per_sample_reproducibility():
     pipe.set_progress_bar_config(disable=True)
     gens = [torch.Generator().manual_seed(i) for i in range(3)]
     batch = pipe(batch_size=3, num_inference_steps=10, output_type="np", generator=gens).images
-    one = pipe(batch_size=1, num_inference_steps=10, output_type="np", generator=[torch.Generator().manual_seed(2)]).images
+    one = pipe(
+        batch_size=1, num_inference_steps=10, output_type="np", generator=[torch.Generator().manual_seed(2)]
+    ).images
     assert abs(batch[2] - one[0]).max() < 1e-6
 
 

@@ -9,7 +9,11 @@ from scipy import stats
 
 from sde_diffusers import VESDE, VPSDE, SubVPSDE, get_sde
 
-SDES = [VESDE(sigma_min=0.01, sigma_max=50.0), VPSDE(beta_min=0.1, beta_max=20.0), SubVPSDE(beta_min=0.1, beta_max=20.0)]
+SDES = [
+    VESDE(sigma_min=0.01, sigma_max=50.0),
+    VPSDE(beta_min=0.1, beta_max=20.0),
+    SubVPSDE(beta_min=0.1, beta_max=20.0),
+]
 IDS = ["ve", "vp", "subvp"]
 T_GRID = torch.tensor([1e-5, 1e-3, 0.1, 0.37, 0.5, 0.9, 1.0], dtype=torch.float64)
 

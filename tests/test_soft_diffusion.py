@@ -110,9 +110,13 @@ def test_steps_match_their_formulas(schedule):
     momentum = c_next + (s_next**2 / s**2) * (x - c_now) + torch.sqrt(s**2 - s_next**2) * eta
     naive = c_next + s_next * eta
     deterministic = c_next + (s_next / s) * (x - c_now)
-    torch.testing.assert_close(soft_momentum_step(schedule, x0_hat, x, t, t_next, noise=eta), momentum, atol=1e-13, rtol=0)
+    torch.testing.assert_close(
+        soft_momentum_step(schedule, x0_hat, x, t, t_next, noise=eta), momentum, atol=1e-13, rtol=0
+    )
     torch.testing.assert_close(soft_naive_step(schedule, x0_hat, x, t, t_next, noise=eta), naive, atol=1e-13, rtol=0)
-    torch.testing.assert_close(soft_deterministic_step(schedule, x0_hat, x, t, t_next, noise=eta), deterministic, atol=1e-13, rtol=0)
+    torch.testing.assert_close(
+        soft_deterministic_step(schedule, x0_hat, x, t, t_next, noise=eta), deterministic, atol=1e-13, rtol=0
+    )
     assert set(SOFT_SAMPLERS) == {"momentum", "naive", "deterministic"}
 
 
@@ -130,7 +134,9 @@ def test_momentum_without_noise_change_is_cold_diffusion_and_deterministic_step_
     x0 = torch.rand(2, 3, 8, 8, generator=g, dtype=F64)
     eta = torch.randn(2, 3, 8, 8, generator=g, dtype=F64)
     x_t = sch.corrupt(x0, t, eta)
-    torch.testing.assert_close(soft_deterministic_step(sch, x0, x_t, t, t_next), sch.corrupt(x0, t_next, eta), atol=1e-13, rtol=0)
+    torch.testing.assert_close(
+        soft_deterministic_step(sch, x0, x_t, t, t_next), sch.corrupt(x0, t_next, eta), atol=1e-13, rtol=0
+    )
 
 
 def test_steps_reproducible_and_generators_per_sample(schedule):
@@ -248,7 +254,14 @@ def test_soft_loss_time_scale_weighting_callable_and_gradients():
     assert net.weight.grad is not None and net.weight.grad.abs().sum() > 0
     soft_score_matching_loss(model_fn, x0, sch.corruption, t=t)
     torch.testing.assert_close(seen["t"], t)
-    w = soft_score_matching_loss(model_fn, x0, sch.corruption, t=t, noise=torch.zeros_like(x0), weighting=lambda tt: 2 * torch.ones_like(tt))
+    w = soft_score_matching_loss(
+        model_fn,
+        x0,
+        sch.corruption,
+        t=t,
+        noise=torch.zeros_like(x0),
+        weighting=lambda tt: 2 * torch.ones_like(tt),
+    )
     u = soft_score_matching_loss(model_fn, x0, sch.corruption, t=t, noise=torch.zeros_like(x0), weighting="uniform")
     assert w.item() == pytest.approx(2 * u.item(), rel=1e-6)
     drawn = soft_score_matching_loss(model_fn, x0, sch, generator=torch.Generator().manual_seed(1))
@@ -296,7 +309,9 @@ def test_scheduler_timesteps_and_add_noise():
     expected = sch.corruption.corrupt(x0, timesteps / 99.0, noise)
     torch.testing.assert_close(sch.add_noise(x0, noise, timesteps), expected)
     # Integer timesteps hit the level table exactly: level i of a default schedule with N levels.
-    torch.testing.assert_close(sch.corruption.blur_sigma(torch.tensor([50 / 99], dtype=F64)), sch.corruption.blur_sigmas[50:51])
+    torch.testing.assert_close(
+        sch.corruption.blur_sigma(torch.tensor([50 / 99], dtype=F64)), sch.corruption.blur_sigmas[50:51]
+    )
     torch.testing.assert_close(sch.add_noise(x0, noise, 99), sch.corruption.corrupt(x0, torch.ones(3), noise))
     assert sch.scale_model_input(x0, 5) is x0
 
@@ -327,7 +342,9 @@ def test_scheduler_loop_matches_step_functions_and_ends_with_the_clean_estimate(
 
 @pytest.mark.parametrize("sampler", ["naive", "deterministic"])
 def test_scheduler_uses_configured_sampler(sampler):
-    sch = SoftDiffusionScheduler(num_train_timesteps=20, image_size=8, sampler=sampler, clip_sample=True, clip_sample_range=0.5)
+    sch = SoftDiffusionScheduler(
+        num_train_timesteps=20, image_size=8, sampler=sampler, clip_sample=True, clip_sample_range=0.5
+    )
     sch.set_timesteps(5)
     x = torch.randn(2, 1, 8, 8)
     x0_hat = torch.randn(2, 1, 8, 8)
@@ -347,7 +364,9 @@ def test_scheduler_from_data_config_round_trip_and_initial_samples(tmp_path):
     images = (colours + 0.3 * torch.randn(400, 3, 8, 8, generator=g)).clamp(-1, 1)
     sch = SoftDiffusionScheduler.from_data(images, num_train_timesteps=60)
     assert sch.config.image_size == [8, 8] and len(sch.config.blur_sigmas) == 60
-    assert sch.corruption.blur_sigmas[0].item() == pytest.approx(0.5) and sch.corruption.blur_sigmas[-1].item() == pytest.approx(8.0)
+    assert sch.corruption.blur_sigmas[0].item() == pytest.approx(0.5) and sch.corruption.blur_sigmas[
+        -1
+    ].item() == pytest.approx(8.0)
     sch.save_config(tmp_path)
     loaded = SoftDiffusionScheduler.from_pretrained(tmp_path)
     torch.testing.assert_close(loaded.corruption.blur_sigmas, sch.corruption.blur_sigmas)
@@ -420,7 +439,9 @@ def test_scheduler_bad_input():
         sch.initial_sample((2, 1, 4, 4), reference=x)
     with pytest.raises(ValueError, match="channels"):
         sch.initial_sample((2, 3, 8, 8), reference=x)
-    weak = SoftDiffusionScheduler(num_train_timesteps=20, image_size=8, blur_sigma_max=2.0, prior_mean=[0.0], prior_cov=[[1.0]])
+    weak = SoftDiffusionScheduler(
+        num_train_timesteps=20, image_size=8, blur_sigma_max=2.0, prior_mean=[0.0], prior_cov=[[1.0]]
+    )
     with pytest.raises(ValueError, match="not a flat colour"):
         weak.initial_sample((2, 1, 8, 8))
     assert weak.initial_sample((2, 1, 8, 8), reference=x).shape == (2, 1, 8, 8)

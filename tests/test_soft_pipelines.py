@@ -33,8 +33,13 @@ SIZE = 8
 def tiny_unet() -> UNet2DModel:
     torch.manual_seed(0)
     return UNet2DModel(
-        sample_size=SIZE, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        sample_size=SIZE,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(8, 16),
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=4,
     )
 
@@ -97,7 +102,10 @@ class GaussianX0Model(ModelMixin, ConfigMixin):
 
     def prior(self) -> dict:
         """The exact mean-colour prior: the DC coefficient is ``SIZE`` times the image mean."""
-        return {"prior_mean": [float(self.mean[0, 0, 0]) / SIZE], "prior_cov": [[float(self.var[0, 0, 0]) / SIZE**2]]}
+        return {
+            "prior_mean": [float(self.mean[0, 0, 0]) / SIZE],
+            "prior_cov": [[float(self.var[0, 0, 0]) / SIZE**2]],
+        }
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor):
         n = self.scheduler.config.num_train_timesteps
@@ -124,8 +132,13 @@ def final_sample(pipeline, *args, **kwargs) -> torch.Tensor:
         seen["x"] = tensors["latents"]
         return {}
 
-    pipeline(*args, callback_on_step_end=keep, callback_on_step_end_tensor_inputs=["latents"], output_type="pt",
-             **kwargs)
+    pipeline(
+        *args,
+        callback_on_step_end=keep,
+        callback_on_step_end_tensor_inputs=["latents"],
+        output_type="pt",
+        **kwargs,
+    )
     return seen["x"].double()
 
 
@@ -148,8 +161,12 @@ def test_output_types_shapes_and_ranges(pipe):
 
 def test_same_seed_same_images_other_seed_other_images(pipe):
     def run(seed):
-        return pipe(batch_size=2, num_inference_steps=5, generator=torch.Generator().manual_seed(seed),
-                    output_type="pt").images
+        return pipe(
+            batch_size=2,
+            num_inference_steps=5,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="pt",
+        ).images
 
     assert torch.equal(run(1), run(1))
     assert not torch.allclose(run(1), run(2))
@@ -169,8 +186,10 @@ def test_generator_list_makes_each_sample_reproducible(pipe, sampler):
 
 def test_all_samplers_run_differ_and_leave_the_scheduler_alone(pipe):
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-    outs = {s: pipe(num_inference_steps=6, generator=g(), output_type="pt", sampler=s).images
-            for s in ("momentum", "naive", "deterministic")}
+    outs = {
+        s: pipe(num_inference_steps=6, generator=g(), output_type="pt", sampler=s).images
+        for s in ("momentum", "naive", "deterministic")
+    }
     assert pipe.scheduler.config.sampler == "momentum"
     assert not torch.allclose(outs["momentum"], outs["naive"])
     assert not torch.allclose(outs["momentum"], outs["deterministic"])
@@ -182,8 +201,13 @@ def test_deterministic_sampler_depends_only_on_the_start(pipe, scheduler):
     start = scheduler.initial_sample((2, 1, SIZE, SIZE), generator=torch.Generator().manual_seed(0))
 
     def run(sampler, seed):
-        return pipe(latents=start, num_inference_steps=6, sampler=sampler, output_type="pt",
-                    generator=torch.Generator().manual_seed(seed)).images
+        return pipe(
+            latents=start,
+            num_inference_steps=6,
+            sampler=sampler,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(seed),
+        ).images
 
     assert torch.equal(run("deterministic", 1), run("deterministic", 2))
     assert not torch.allclose(run("momentum", 1), run("momentum", 2))
@@ -197,9 +221,15 @@ def test_reference_images_start_and_callback(pipe):
         calls.append((step, int(timestep)))
         return {"latents": tensors["latents"]}
 
-    out = pipe(batch_size=2, num_inference_steps=4, reference_images=reference, output_type="pt",
-               generator=torch.Generator().manual_seed(0), callback_on_step_end=callback,
-               callback_on_step_end_tensor_inputs=["latents"])
+    out = pipe(
+        batch_size=2,
+        num_inference_steps=4,
+        reference_images=reference,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
     assert out.images.shape == (2, 1, SIZE, SIZE)
     assert [c[0] for c in calls] == [0, 1, 2, 3] and calls[0][1] == 49 and calls[-1][1] == 0
 
@@ -210,8 +240,9 @@ def test_reference_images_start_and_callback(pipe):
 def test_unconditional_samples_match_the_gaussian_closed_form(gaussian):
     """Momentum sampling with the exact denoiser reproduces each DCT frequency's variance; naive does not.
 
-    The last step returns ``E[x_0 | x_{t=0}]``, whose variance per frequency is ``v r^2 v / (r^2 v + s^2)`` at the least
-    corrupted level, so that is the target (it also catches a pipeline feeding the network the wrong timestep scale).
+    The last step returns ``E[x_0 | x_{t=0}]``, whose variance per frequency is ``v r^2 v / (r^2 v + s^2)`` at the
+    least corrupted level, so that is the target (it also catches a pipeline feeding the network the wrong timestep
+    scale).
     """
     model, sched = gaussian
     pipe = SoftDiffusionPipeline(unet=model, scheduler=sched)
@@ -222,8 +253,13 @@ def test_unconditional_samples_match_the_gaussian_closed_form(gaussian):
     target = v * r0**2 * v / (r0**2 * v + s0**2)
 
     def variance_ratio(sampler):
-        x = final_sample(pipe, batch_size=2000, num_inference_steps=100, sampler=sampler,
-                         generator=torch.Generator().manual_seed(0))
+        x = final_sample(
+            pipe,
+            batch_size=2000,
+            num_inference_steps=100,
+            sampler=sampler,
+            generator=torch.Generator().manual_seed(0),
+        )
         coeffs = dct2(x)[:, 0]
         assert (coeffs.mean(0) - model.mean.double()[0]).abs().max() < 0.05
         return coeffs.var(0) / target
@@ -247,8 +283,14 @@ def test_inpainting_moves_towards_the_exact_conditional_mean(gaussian):
     for seed in (0, 2, 5):
         y = model.draw(1, seed)[0, 0]
         conditional = mean[u] + cov[u][:, k] @ torch.linalg.solve(cov[k][:, k], y.reshape(-1)[k] - mean[k])
-        x = final_sample(pipe, ((y + 1) / 2).float(), mask, batch_size=2000, num_inference_steps=50,
-                         generator=torch.Generator().manual_seed(0))
+        x = final_sample(
+            pipe,
+            ((y + 1) / 2).float(),
+            mask,
+            batch_size=2000,
+            num_inference_steps=50,
+            generator=torch.Generator().manual_seed(0),
+        )
         # In the network's range the known pixels carry the [0, 1] -> [-1, 1] rounding; the output is exact.
         torch.testing.assert_close(x.reshape(2000, -1)[:, k], y.reshape(-1)[k].expand(2000, -1), atol=1e-6, rtol=0)
         err = (x.reshape(2000, -1)[:, u].mean(0) - conditional).pow(2).mean().sqrt()
@@ -267,20 +309,28 @@ def half_mask(batch: int | None = None) -> torch.Tensor:
 
 def test_inpainting_keeps_known_pixels_exactly(inpaint):
     image = torch.rand(2, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
-    out = inpaint(image, half_mask(2), num_inference_steps=5, output_type="pt",
-                  generator=torch.Generator().manual_seed(0)).images
+    out = inpaint(
+        image,
+        half_mask(2),
+        num_inference_steps=5,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     keep = half_mask(2) == 0
     assert torch.equal(out[keep], image[keep])
     assert not torch.allclose(out[~keep], image[~keep])
     # numpy in and out, one image repeated.
-    arr = inpaint(image[0, 0].numpy(), half_mask()[0].numpy(), batch_size=3, num_inference_steps=3,
-                  output_type="np").images
+    arr = inpaint(
+        image[0, 0].numpy(), half_mask()[0].numpy(), batch_size=3, num_inference_steps=3, output_type="np"
+    ).images
     assert arr.shape == (3, SIZE, SIZE, 1)
-    assert np.array_equal(arr[:, :, SIZE // 2 :, 0], np.broadcast_to(image[0, 0, :, SIZE // 2 :].numpy(), (3, SIZE, SIZE // 2)))
+    assert np.array_equal(
+        arr[:, :, SIZE // 2 :, 0], np.broadcast_to(image[0, 0, :, SIZE // 2 :].numpy(), (3, SIZE, SIZE // 2))
+    )
 
 
 def test_inpainting_pil_keeps_the_8_bit_values(inpaint):
-    pixels = (np.arange(SIZE * SIZE, dtype=np.uint8).reshape(SIZE, SIZE) * 3)
+    pixels = np.arange(SIZE * SIZE, dtype=np.uint8).reshape(SIZE, SIZE) * 3
     mask = PIL.Image.fromarray((half_mask()[0].numpy() * 255).astype(np.uint8))
     out = inpaint(PIL.Image.fromarray(pixels), mask, num_inference_steps=3).images[0]
     assert np.array_equal(np.asarray(out)[:, SIZE // 2 :], pixels[:, SIZE // 2 :])
@@ -374,8 +424,9 @@ def test_bad_inpainting_inputs(inpaint, counted, image, mask, match):
 
 
 def test_scheduler_without_a_start_is_refused_before_any_work(counted):
-    bare = SoftDiffusionPipeline(unet=tiny_unet(), scheduler=SoftDiffusionScheduler(num_train_timesteps=20,
-                                                                                       image_size=SIZE))
+    bare = SoftDiffusionPipeline(
+        unet=tiny_unet(), scheduler=SoftDiffusionScheduler(num_train_timesteps=20, image_size=SIZE)
+    )
     bare.unet.register_forward_hook(lambda *a: counted.append(1))
     with pytest.raises(ValueError, match="reference_images"):
         bare(num_inference_steps=3)

@@ -49,10 +49,21 @@ def one_thread():
 
 def tiny(output_dir, **overrides) -> TrainingConfig:
     values = dict(
-        dataset_name="digits", model_preset="ddpmpp-tiny", train_batch_size=16, max_train_steps=4,
-        learning_rate=1e-3, lr_warmup_steps=2, ema_decay=0.99, output_dir=str(output_dir), report_to="none",
-        progress_bar=False, checkpointing_steps=0, save_final_checkpoint=False, logging_steps=2,
-        num_sample_images=4, num_inference_steps=3,
+        dataset_name="digits",
+        model_preset="ddpmpp-tiny",
+        train_batch_size=16,
+        max_train_steps=4,
+        learning_rate=1e-3,
+        lr_warmup_steps=2,
+        ema_decay=0.99,
+        output_dir=str(output_dir),
+        report_to="none",
+        progress_bar=False,
+        checkpointing_steps=0,
+        save_final_checkpoint=False,
+        logging_steps=2,
+        num_sample_images=4,
+        num_inference_steps=3,
     )
     values.update(overrides)
     return TrainingConfig(**values)
@@ -64,7 +75,12 @@ def cli_args(cfg: TrainingConfig) -> list[str]:
         default = getattr(TrainingConfig(), key)
         if value == default:
             continue
-        if isinstance(value, bool) and key in ("overwrite_output_dir", "push_to_hub", "hub_private", "use_cpu"):
+        if isinstance(value, bool) and key in (
+            "overwrite_output_dir",
+            "push_to_hub",
+            "hub_private",
+            "use_cpu",
+        ):
             args += [f"--{key}"] if value else []
         elif isinstance(value, dict):
             args += [f"--{key}", json.dumps(value)]
@@ -81,8 +97,14 @@ def subprocess_env() -> dict:
 
 def run_bounded(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     """Run ``cmd`` in its own session; on timeout kill the whole session (torchrun's workers too)."""
-    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -93,8 +115,10 @@ def run_bounded(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
 
 
 def snapshot(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 def weights(path) -> dict:
@@ -115,8 +139,15 @@ def finished_run(tmp_path_factory):
     """A completed tiny run with checkpoints, an exported pipeline and a measured bits/dim."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("finished")
-    cfg = tiny(out, max_train_steps=6, checkpointing_steps=3, save_final_checkpoint=True, eval_bpd_images=4,
-               eval_bpd_tolerance=1e-3, report_to="tensorboard")
+    cfg = tiny(
+        out,
+        max_train_steps=6,
+        checkpointing_steps=3,
+        save_final_checkpoint=True,
+        eval_bpd_images=4,
+        eval_bpd_tolerance=1e-3,
+        report_to="tensorboard",
+    )
     return cfg, train(cfg)
 
 
@@ -139,8 +170,16 @@ def test_one_step_changes_the_weights_and_lowers_the_loss_on_a_fixed_batch(tmp_p
 
 
 def test_a_short_run_on_digits_learns(tmp_path):
-    result = train(tiny(tmp_path, train_batch_size=64, max_train_steps=120, learning_rate=2e-3,
-                        lr_warmup_steps=20, logging_steps=20))
+    result = train(
+        tiny(
+            tmp_path,
+            train_batch_size=64,
+            max_train_steps=120,
+            learning_rate=2e-3,
+            lr_warmup_steps=20,
+            logging_steps=20,
+        )
+    )
     # The untrained DDPM++ outputs zero epsilon: the VP loss (mean over pixels) starts at E|z|^2 = 1.
     assert result.initial_loss == pytest.approx(1.0, abs=0.15)
     assert result.final_loss < 0.5 * result.initial_loss, result.loss_history
@@ -201,8 +240,16 @@ def test_the_exported_folder_loads_both_ways_with_the_ema_weights(finished_run):
     b = plain(batch_size=2, num_inference_steps=3, generator=g2, output_type="pt").images
     assert torch.equal(a, b)
     card = (folder / "README.md").read_text()
-    for text in ("DDPMppModel", "VP SDE", "digits", "| Training steps | 6 |", "samples.png", "apache-2.0",
-                 "song2021scorebased", "trust_remote_code=True"):
+    for text in (
+        "DDPMppModel",
+        "VP SDE",
+        "digits",
+        "| Training steps | 6 |",
+        "samples.png",
+        "apache-2.0",
+        "song2021scorebased",
+        "trust_remote_code=True",
+    ):
         assert text in card, text
     assert f"{result.bits_per_dim:.3f}" in card and (folder / "samples.png").is_file()
     assert str(cfg.output_dir) not in card  # no local paths are published
@@ -212,7 +259,15 @@ def test_the_exported_folder_loads_both_ways_with_the_ema_weights(finished_run):
 
 def test_checkpoints_are_complete_and_pruned(tmp_path):
     out = tmp_path / "run"
-    train(tiny(out, max_train_steps=6, checkpointing_steps=2, checkpoints_total_limit=2, save_final_checkpoint=True))
+    train(
+        tiny(
+            out,
+            max_train_steps=6,
+            checkpointing_steps=2,
+            checkpoints_total_limit=2,
+            save_final_checkpoint=True,
+        )
+    )
     found = list_checkpoints(out / "checkpoints")
     assert [p.name for p in found] == ["checkpoint-00000004", "checkpoint-00000006"]
     assert resolve_checkpoint("latest", out / "checkpoints") == found[-1]
@@ -259,8 +314,13 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     reference = train(tiny(tmp_path / "reference", **common))
     victim_cfg = tiny(tmp_path / "victim", **common)
     log = open(tmp_path / "victim.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), *cli_args(victim_cfg)], env=subprocess_env(),
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *cli_args(victim_cfg)],
+        env=subprocess_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     latest = tmp_path / "victim" / "checkpoints" / "latest"
     deadline = time.monotonic() + 120
     try:
@@ -291,8 +351,10 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     killed_at = read_trainer_state(done[-1])["global_step"]
     assert 10 <= killed_at < steps
 
-    resumed = run_bounded([sys.executable, str(SCRIPT), *cli_args(victim_cfg), "--resume_from_checkpoint",
-                           "latest"], timeout=300)
+    resumed = run_bounded(
+        [sys.executable, str(SCRIPT), *cli_args(victim_cfg), "--resume_from_checkpoint", "latest"],
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = f"checkpoint-{steps:08d}"
     ours, theirs = checkpoints / final, Path(reference.output_dir) / "checkpoints" / final
@@ -300,15 +362,25 @@ def test_resume_after_sigkill_equals_an_uninterrupted_run(tmp_path):
     assert_same(weights(ours / "ema.safetensors"), weights(theirs / "ema.safetensors"))
     a, b = read_trainer_state(ours), read_trainer_state(theirs)
     assert a["loss_history"] == b["loss_history"] and a["ema"] == b["ema"] and a["data_position"] == steps
-    assert_same(weights(Path(reference.pipeline_dir) / UNET),
-                weights(checkpoints.parent / "pipeline" / UNET))
+    assert_same(weights(Path(reference.pipeline_dir) / UNET), weights(checkpoints.parent / "pipeline" / UNET))
 
 
 # ---- two CPU processes -------------------------------------------------------------------------------------
 def test_two_cpu_processes_average_gradients_like_one_process_with_the_whole_batch(tmp_path):
     two = tiny(tmp_path / "ddp", train_batch_size=8, max_train_steps=5, save_final_checkpoint=True)
-    run = run_bounded([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                       str(SCRIPT), *cli_args(two)], timeout=300)
+    run = run_bounded(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(SCRIPT),
+            *cli_args(two),
+        ],
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "train_summary.json").read_text())
     assert summary["world_size"] == 2
@@ -322,8 +394,7 @@ def test_two_cpu_processes_average_gradients_like_one_process_with_the_whole_bat
     assert_same(weights(ckpt_two / "ema.safetensors"), weights(ckpt_one / "ema.safetensors"), atol=1e-5)
     assert read_trainer_state(ckpt_two)["world_size"] == 2
     # The two-process checkpoint loads into a one-process run, which continues from it.
-    cont = train(tiny(tmp_path / "ddp", train_batch_size=8, max_train_steps=6,
-                      resume_from_checkpoint=str(ckpt_two)))
+    cont = train(tiny(tmp_path / "ddp", train_batch_size=8, max_train_steps=6, resume_from_checkpoint=str(ckpt_two)))
     assert cont.global_step == 6 and cont.resumed_from == str(ckpt_two)
 
 
@@ -342,8 +413,10 @@ def test_push_to_the_hub_and_load_with_plain_diffusers(tmp_path, local_hub, loca
     for pipe in (plain, ours):
         assert_same(exported, {k: v.contiguous() for k, v in pipe.unet.state_dict().items()})
     local = ScoreSdePipeline.from_pretrained(result.pipeline_dir)
-    images = [p(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(1), output_type="pt").images
-              for p in (plain, local)]
+    images = [
+        p(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(1), output_type="pt").images
+        for p in (plain, local)
+    ]
     assert torch.equal(images[0], images[1])
     from huggingface_hub import hf_hub_download
 
@@ -363,27 +436,62 @@ def _folder(path: Path, sizes=((8, 8),), modes=("L",)) -> Path:
 
 
 BAD_INPUTS = {
-    "missing data dir": (lambda tmp: dict(dataset_name=None, train_data_dir=str(tmp / "missing")),
-                         FileNotFoundError, "does not exist"),
-    "empty folder": (lambda tmp: dict(dataset_name=None, train_data_dir=str((tmp / "empty").mkdir() or tmp / "empty")),
-                     TrainingInputError, "no image files"),
-    "mixed sizes": (lambda tmp: dict(dataset_name=None, train_data_dir=str(_folder(tmp / "s", ((8, 8), (4, 4)), "LL"))),
-                    TrainingInputError, "different sizes"),
-    "mixed modes": (lambda tmp: dict(dataset_name=None, train_data_dir=str(_folder(tmp / "m", ((8, 8),) * 2, ("L", "RGB")))),
-                    TrainingInputError, "different modes"),
+    "missing data dir": (
+        lambda tmp: dict(dataset_name=None, train_data_dir=str(tmp / "missing")),
+        FileNotFoundError,
+        "does not exist",
+    ),
+    "empty folder": (
+        lambda tmp: dict(dataset_name=None, train_data_dir=str((tmp / "empty").mkdir() or tmp / "empty")),
+        TrainingInputError,
+        "no image files",
+    ),
+    "mixed sizes": (
+        lambda tmp: dict(dataset_name=None, train_data_dir=str(_folder(tmp / "s", ((8, 8), (4, 4)), "LL"))),
+        TrainingInputError,
+        "different sizes",
+    ),
+    "mixed modes": (
+        lambda tmp: dict(dataset_name=None, train_data_dir=str(_folder(tmp / "m", ((8, 8),) * 2, ("L", "RGB")))),
+        TrainingInputError,
+        "different modes",
+    ),
     "resolution not divisible": (lambda tmp: dict(resolution=10), TrainingInputError, "not divisible by 4"),
-    "native size not divisible": (lambda tmp: dict(dataset_name=None, train_data_dir=str(_folder(tmp / "n", ((6, 6),) * 2, "LL"))),
-                                  TrainingInputError, "not divisible by 4"),
-    "class-conditional without labels": (lambda tmp: dict(dataset_name=None, class_conditional=True,
-                                                          train_data_dir=str(_folder(tmp / "c", ((8, 8),) * 2, "LL"))),
-                                         TrainingInputError, "needs class labels"),
-    "resume path that is not a checkpoint": (lambda tmp: dict(resume_from_checkpoint=str((tmp / "x").mkdir() or tmp / "x")),
-                                             TrainingInputError, "not a checkpoint"),
-    "resume path that does not exist": (lambda tmp: dict(resume_from_checkpoint=str(tmp / "nothing")),
-                                        TrainingInputError, "not a checkpoint"),
-    "preset for another SDE": (lambda tmp: dict(model_preset="ncsnpp-tiny", sde="vp"), TrainingInputError, "is for the ve"),
+    "native size not divisible": (
+        lambda tmp: dict(dataset_name=None, train_data_dir=str(_folder(tmp / "n", ((6, 6),) * 2, "LL"))),
+        TrainingInputError,
+        "not divisible by 4",
+    ),
+    "class-conditional without labels": (
+        lambda tmp: dict(
+            dataset_name=None,
+            class_conditional=True,
+            train_data_dir=str(_folder(tmp / "c", ((8, 8),) * 2, "LL")),
+        ),
+        TrainingInputError,
+        "needs class labels",
+    ),
+    "resume path that is not a checkpoint": (
+        lambda tmp: dict(resume_from_checkpoint=str((tmp / "x").mkdir() or tmp / "x")),
+        TrainingInputError,
+        "not a checkpoint",
+    ),
+    "resume path that does not exist": (
+        lambda tmp: dict(resume_from_checkpoint=str(tmp / "nothing")),
+        TrainingInputError,
+        "not a checkpoint",
+    ),
+    "preset for another SDE": (
+        lambda tmp: dict(model_preset="ncsnpp-tiny", sde="vp"),
+        TrainingInputError,
+        "is for the ve",
+    ),
     "discrete loss of another SDE": (lambda tmp: dict(loss="smld"), TrainingInputError, "needs --sde ve"),
-    "push without a model id": (lambda tmp: dict(push_to_hub=True), TrainingInputError, "needs --hub_model_id"),
+    "push without a model id": (
+        lambda tmp: dict(push_to_hub=True),
+        TrainingInputError,
+        "needs --hub_model_id",
+    ),
 }
 
 
@@ -442,8 +550,9 @@ def test_cli_reports_input_errors_and_reads_config_files(tmp_path, capsys):
         config_from_args(argv=["--config", str(config)])
     from sde_diffusers.cli import build_parser
 
-    args = build_parser().parse_args(["train", "--dataset_name", "digits", "--sde", "ve", "--model_preset",
-                                      "ncsnpp-tiny"])
+    args = build_parser().parse_args(
+        ["train", "--dataset_name", "digits", "--sde", "ve", "--model_preset", "ncsnpp-tiny"]
+    )
     assert config_from_args(args).sde == "ve"
 
 
@@ -457,8 +566,7 @@ def test_shipped_configs_are_valid():
         from sde_diffusers.models import get_preset
 
         preset = get_preset(cfg.model_preset)
-        sizes.setdefault(path.stem.endswith("_cpu"), []).append(
-            {**preset.config, **cfg.model_config}["base_channels"])
+        sizes.setdefault(path.stem.endswith("_cpu"), []).append({**preset.config, **cfg.model_config}["base_channels"])
     assert all(len(set(v)) == 1 for v in sizes.values()), "VE, VP and sub-VP configs should be the same size"
 
 
@@ -492,26 +600,66 @@ def test_checkpoint_helpers(tmp_path):
 def test_the_demo_trains_samples_and_reports(tmp_path, capsys):
     from sde_diffusers import demo
 
-    demo.main(["--steps", "12", "--sample-steps", "4", "--fid-samples", "80", "--bpd-images", "8",
-               "--num-samples", "50", "--exact-steps", "10", "--output-dir", str(tmp_path)])
+    demo.main(
+        [
+            "--steps",
+            "12",
+            "--sample-steps",
+            "4",
+            "--fid-samples",
+            "80",
+            "--bpd-images",
+            "8",
+            "--num-samples",
+            "50",
+            "--exact-steps",
+            "10",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
     out = capsys.readouterr().out
-    for text in ("samplers against an exact score", "trained 12 steps", "bits/dim", "full-covariance Gaussian",
-                 "domain FID", str(tmp_path / "digits_samples.png")):
+    for text in (
+        "samplers against an exact score",
+        "trained 12 steps",
+        "bits/dim",
+        "full-covariance Gaussian",
+        "domain FID",
+        str(tmp_path / "digits_samples.png"),
+    ):
         assert text in out, text
     with Image.open(tmp_path / "digits_samples.png") as grid:
         assert grid.size[0] > 8 * 64  # 8x8 tiles of 8x8 digits enlarged to 64 px, framed
     # The Gaussian baseline is a proper density: its held-out bits/dim is finite and below 8-bit uniform.
     from sde_diffusers.data import load_image_data
 
-    bpd = demo.gaussian_baseline_bits_per_dim(load_image_data("digits").images, load_image_data("digits", split="test").images)
+    bpd = demo.gaussian_baseline_bits_per_dim(
+        load_image_data("digits").images, load_image_data("digits", split="test").images
+    )
     assert 0 < bpd < 8
 
 
 @pytest.mark.slow
 def test_accelerate_launch_runs_the_script(tmp_path):
     cfg = tiny(tmp_path / "acc", save_final_checkpoint=True)
-    run = run_bounded([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-                       "--mixed_precision", "no", "--dynamo_backend", "no", str(SCRIPT), *cli_args(cfg)], timeout=300)
+    run = run_bounded(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(SCRIPT),
+            *cli_args(cfg),
+        ],
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert read_trainer_state(tmp_path / "acc" / "checkpoints" / "checkpoint-00000004")["world_size"] == 1
 

@@ -37,10 +37,22 @@ def one_thread():
 
 def tiny(output_dir, **overrides) -> TrainingConfig:
     values = dict(
-        dataset_name="digits", corruption="blur", model_preset="ddpmpp-tiny", train_batch_size=16, max_train_steps=4,
-        learning_rate=2e-3, lr_warmup_steps=2, ema_decay=0.99, output_dir=str(output_dir), report_to="none",
-        progress_bar=False, checkpointing_steps=0, save_final_checkpoint=False, logging_steps=2,
-        num_sample_images=4, num_inference_steps=5,
+        dataset_name="digits",
+        corruption="blur",
+        model_preset="ddpmpp-tiny",
+        train_batch_size=16,
+        max_train_steps=4,
+        learning_rate=2e-3,
+        lr_warmup_steps=2,
+        ema_decay=0.99,
+        output_dir=str(output_dir),
+        report_to="none",
+        progress_bar=False,
+        checkpointing_steps=0,
+        save_final_checkpoint=False,
+        logging_steps=2,
+        num_sample_images=4,
+        num_inference_steps=5,
     )
     values.update(overrides)
     return TrainingConfig(**values)
@@ -57,8 +69,15 @@ def finished_run(tmp_path_factory):
     """A blur run long enough to learn, with a final checkpoint and an exported pipeline."""
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("soft")
-    cfg = tiny(out, train_batch_size=32, max_train_steps=60, lr_warmup_steps=10, logging_steps=10,
-               save_final_checkpoint=True, sample_every=30)
+    cfg = tiny(
+        out,
+        train_batch_size=32,
+        max_train_steps=60,
+        lr_warmup_steps=10,
+        logging_steps=10,
+        save_final_checkpoint=True,
+        sample_every=30,
+    )
     return cfg, train(cfg)
 
 
@@ -124,15 +143,26 @@ def test_the_export_is_a_soft_diffusion_pipeline_that_loads_both_ways(finished_r
     saved = json.loads((final / "scheduler" / "scheduler_config.json").read_text())
     for key in ("blur_sigmas", "noise_stds", "prior_mean", "prior_cov"):
         assert ours.scheduler.config[key] == plain.scheduler.config[key] == saved[key], key
-    images = [p(batch_size=3, num_inference_steps=6, generator=torch.Generator().manual_seed(0), output_type="pt").images
-              for p in (ours, plain)]
+    images = [
+        p(batch_size=3, num_inference_steps=6, generator=torch.Generator().manual_seed(0), output_type="pt").images
+        for p in (ours, plain)
+    ]
     assert images[0].shape == (3, 1, 8, 8) and torch.isfinite(images[0]).all()
     assert float(images[0].min()) >= 0.0 and float(images[0].max()) <= 1.0
     assert torch.equal(images[0], images[1])
 
     card = (folder / "README.md").read_text()
-    for text in ("soft-diffusion", "SoftDiffusionPipeline", "DDPMppModel", "Wasserstein-2", "digits",
-                 "| Training steps | 60 |", "Bits/dim | not defined for blur", "daras2022soft", "samples.png"):
+    for text in (
+        "soft-diffusion",
+        "SoftDiffusionPipeline",
+        "DDPMppModel",
+        "Wasserstein-2",
+        "digits",
+        "| Training steps | 60 |",
+        "Bits/dim | not defined for blur",
+        "daras2022soft",
+        "samples.png",
+    ):
         assert text in card, text
     assert str(cfg.output_dir) not in card and '"beta_max"' not in card and '"sde"' not in card
     assert (folder / "samples.png").is_file()
@@ -145,8 +175,13 @@ class _Crash(Exception):
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    common = dict(max_train_steps=8, checkpointing_steps=4, save_final_checkpoint=True, random_flip=True,
-                  lr_scheduler="cosine")
+    common = dict(
+        max_train_steps=8,
+        checkpointing_steps=4,
+        save_final_checkpoint=True,
+        random_flip=True,
+        lr_scheduler="cosine",
+    )
     reference = train(tiny(tmp_path / "reference", **common))
 
     real_save = _Trainer._save_checkpoint
@@ -167,13 +202,17 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
 
     resumed = train(tiny(tmp_path / "victim", resume_from_checkpoint="latest", **common))
     assert resumed.resumed_from.endswith("checkpoint-00000004") and resumed.global_step == 8
-    ours, theirs = checkpoints / "checkpoint-00000008", Path(reference.output_dir) / "checkpoints" / "checkpoint-00000008"
+    ours, theirs = (
+        checkpoints / "checkpoint-00000008",
+        Path(reference.output_dir) / "checkpoints" / "checkpoint-00000008",
+    )
     for name in (UNET, "ema.safetensors", "generator.safetensors"):
         assert_same(load_file(str(ours / name)), load_file(str(theirs / name)))
     a, b = read_trainer_state(ours), read_trainer_state(theirs)
     assert a["loss_history"] == b["loss_history"] and a["ema"] == b["ema"] and a["data_position"] == 8
-    assert (ours / "scheduler" / "scheduler_config.json").read_text() == \
-        (theirs / "scheduler" / "scheduler_config.json").read_text()
+    assert (ours / "scheduler" / "scheduler_config.json").read_text() == (
+        theirs / "scheduler" / "scheduler_config.json"
+    ).read_text()
     assert_same(load_file(str(Path(resumed.pipeline_dir) / UNET)), load_file(str(Path(reference.pipeline_dir) / UNET)))
 
 
@@ -208,11 +247,18 @@ BAD = {
     "an ncsn++ preset": (dict(model_preset="ncsnpp-tiny"), "needs a DDPM\\+\\+ preset"),
     "class-conditional": (dict(class_conditional=True), "SoftDiffusionPipeline is unconditional"),
     "bits/dim": (dict(eval_bpd_images=4), "bits/dim is not defined for --corruption blur"),
-    "a PC predictor": (dict(predictor="euler_maruyama", snr=0.1), "--predictor/--snr configure the predictor"),
-    "more sampling steps than levels": (dict(num_train_timesteps=10, num_inference_steps=11),
-                                        "--num_inference_steps \\(11\\) must be <= --num_train_timesteps \\(10\\)"),
-    "soft weighting without blur": (dict(corruption="gaussian", soft_weighting="uniform"),
-                                    "--soft_weighting applies to --corruption blur only"),
+    "a PC predictor": (
+        dict(predictor="euler_maruyama", snr=0.1),
+        "--predictor/--snr configure the predictor",
+    ),
+    "more sampling steps than levels": (
+        dict(num_train_timesteps=10, num_inference_steps=11),
+        "--num_inference_steps \\(11\\) must be <= --num_train_timesteps \\(10\\)",
+    ),
+    "soft weighting without blur": (
+        dict(corruption="gaussian", soft_weighting="uniform"),
+        "--soft_weighting applies to --corruption blur only",
+    ),
     "unknown corruption": (dict(corruption="motion"), "--corruption must be one of"),
 }
 
@@ -237,15 +283,29 @@ def test_a_schedule_that_cannot_be_fitted_fails_clearly(tmp_path):
 
 
 def test_cli_blur_errors_are_one_line_and_the_subcommand_knows_the_flag(tmp_path, capsys):
-    assert main(["--dataset_name", "digits", "--corruption", "blur", "--loss", "ddpm",
-                 "--output_dir", str(tmp_path / "o")]) == 2
+    assert (
+        main(
+            [
+                "--dataset_name",
+                "digits",
+                "--corruption",
+                "blur",
+                "--loss",
+                "ddpm",
+                "--output_dir",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: --loss ddpm") and err.count("\n") == 1
     from sde_diffusers.cli import build_parser
     from sde_diffusers.training import config_from_args
 
-    args = build_parser().parse_args(["train", "--dataset_name", "digits", "--corruption", "blur",
-                                      "--soft_weighting", "uniform"])
+    args = build_parser().parse_args(
+        ["train", "--dataset_name", "digits", "--corruption", "blur", "--soft_weighting", "uniform"]
+    )
     cfg = config_from_args(args)
     assert (cfg.corruption, cfg.soft_weighting, cfg.sde) == ("blur", "uniform", None)
 

@@ -87,9 +87,27 @@ REPORT_TO = ("tensorboard", "none")
 _CHECKPOINT_VERSION = 1
 # Config keys that must agree between a checkpoint and the run resuming it (they shape the weights or the maths).
 _RESUME_KEYS = (
-    "model_preset", "model_config", "class_conditional", "sde", "num_train_timesteps", "sigma_min", "sigma_max",
-    "beta_min", "beta_max", "loss", "likelihood_weighting", "reduce_mean", "train_eps", "train_batch_size",
-    "gradient_accumulation_steps", "resolution", "use_ema", "ema_decay", "seed", "random_flip", "corruption",
+    "model_preset",
+    "model_config",
+    "class_conditional",
+    "sde",
+    "num_train_timesteps",
+    "sigma_min",
+    "sigma_max",
+    "beta_min",
+    "beta_max",
+    "loss",
+    "likelihood_weighting",
+    "reduce_mean",
+    "train_eps",
+    "train_batch_size",
+    "gradient_accumulation_steps",
+    "resolution",
+    "use_ema",
+    "ema_decay",
+    "seed",
+    "random_flip",
+    "corruption",
     "soft_weighting",
 )
 # Never written to checkpoints, logs or model cards.
@@ -260,54 +278,115 @@ def _json_object(text: str) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every trainer option to ``parser`` (used by the script and by ``sde-diffusers train``)."""
     d = TrainingConfig()
-    parser.add_argument("--config", default=None, metavar="FILE",
-                        help="JSON file of options (keys are these flags without '--'); flags given on the command "
-                             "line override it. Examples in training/configs/.")
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="JSON file of options (keys are these flags without '--'); flags given on the command "
+        "line override it. Examples in training/configs/.",
+    )
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset_name", default=None,
-                   help="'digits' (scikit-learn, built in), 'mnist' (the shipped MNIST test images) or a Hub dataset id")
-    g.add_argument("--train_data_dir", default=None,
-                   help="local image folder (datasets 'imagefolder'; class subfolders give labels)")
+    g.add_argument(
+        "--dataset_name",
+        default=None,
+        help="'digits' (scikit-learn, built in), 'mnist' (the shipped MNIST test images) or a Hub dataset id",
+    )
+    g.add_argument(
+        "--train_data_dir",
+        default=None,
+        help="local image folder (datasets 'imagefolder'; class subfolders give labels)",
+    )
     g.add_argument("--dataset_config_name", default=None, help="configuration of a Hub dataset")
     g.add_argument("--image_column", default=None, help="image column (default: the first Image feature)")
     g.add_argument("--label_column", default=None, help="label column (default: the first ClassLabel feature)")
-    g.add_argument("--resolution", type=_optional(int), default=d.resolution,
-                   help="square training size; default: the images' own (common, square) size")
-    g.add_argument("--resize_mode", choices=("resize", "pad"), default=d.resize_mode,
-                   help="reach --resolution by bicubic resizing or by zero padding")
-    g.add_argument("--center_crop", type=_bool, default=d.center_crop,
-                   help="when resizing non-square images keep the aspect ratio and crop the centre (else stretch)")
+    g.add_argument(
+        "--resolution",
+        type=_optional(int),
+        default=d.resolution,
+        help="square training size; default: the images' own (common, square) size",
+    )
+    g.add_argument(
+        "--resize_mode",
+        choices=("resize", "pad"),
+        default=d.resize_mode,
+        help="reach --resolution by bicubic resizing or by zero padding",
+    )
+    g.add_argument(
+        "--center_crop",
+        type=_bool,
+        default=d.center_crop,
+        help="when resizing non-square images keep the aspect ratio and crop the centre (else stretch)",
+    )
     g.add_argument("--random_flip", type=_bool, default=d.random_flip, help="random horizontal flips")
     g.add_argument("--image_mode", choices=("L", "RGB"), default=None, help="convert every image to this mode")
     g = parser.add_argument_group("model")
-    g.add_argument("--model_preset", default=d.model_preset,
-                   help="a preset of sde_diffusers.models (ncsnpp-*, ddpmpp-*: see list_presets())")
-    g.add_argument("--model_config", type=_json_object, default={},
-                   help='JSON overrides of the preset config, e.g. \'{"base_channels": 32}\'')
-    g.add_argument("--class_conditional", type=_bool, default=d.class_conditional,
-                   help="condition the model on the data's class labels")
+    g.add_argument(
+        "--model_preset",
+        default=d.model_preset,
+        help="a preset of sde_diffusers.models (ncsnpp-*, ddpmpp-*: see list_presets())",
+    )
+    g.add_argument(
+        "--model_config",
+        type=_json_object,
+        default={},
+        help="JSON overrides of the preset config, e.g. '{\"base_channels\": 32}'",
+    )
+    g.add_argument(
+        "--class_conditional",
+        type=_bool,
+        default=d.class_conditional,
+        help="condition the model on the data's class labels",
+    )
     g = parser.add_argument_group("SDE and loss")
-    g.add_argument("--corruption", choices=CORRUPTION_TYPES, default=d.corruption,
-                   help="gaussian: score SDE (--sde); blur: Soft Diffusion (DCT blur + small noise fitted to the "
-                        "data, DDPM++ predicting x_0, Soft Score Matching, SoftDiffusionPipeline export)")
+    g.add_argument(
+        "--corruption",
+        choices=CORRUPTION_TYPES,
+        default=d.corruption,
+        help="gaussian: score SDE (--sde); blur: Soft Diffusion (DCT blur + small noise fitted to the "
+        "data, DDPM++ predicting x_0, Soft Score Matching, SoftDiffusionPipeline export)",
+    )
     g.add_argument("--sde", choices=SDE_TYPES, default=None, help="default: the preset's first SDE")
-    g.add_argument("--num_train_timesteps", type=int, default=d.num_train_timesteps,
-                   help="N of the SDE (discretisation of samplers and discrete losses)")
+    g.add_argument(
+        "--num_train_timesteps",
+        type=int,
+        default=d.num_train_timesteps,
+        help="N of the SDE (discretisation of samplers and discrete losses)",
+    )
     g.add_argument("--sigma_min", type=float, default=d.sigma_min, help="VE: smallest noise level")
-    g.add_argument("--sigma_max", type=_optional(float), default=None,
-                   help="VE: largest noise level; default: the largest distance between two training images "
-                        "(Song & Ermon 2020, technique 1)")
+    g.add_argument(
+        "--sigma_max",
+        type=_optional(float),
+        default=None,
+        help="VE: largest noise level; default: the largest distance between two training images "
+        "(Song & Ermon 2020, technique 1)",
+    )
     g.add_argument("--beta_min", type=float, default=d.beta_min, help="VP / sub-VP: beta(0)")
     g.add_argument("--beta_max", type=float, default=d.beta_max, help="VP / sub-VP: beta(1)")
-    g.add_argument("--loss", choices=LOSS_TYPES, default=d.loss,
-                   help="dsm: continuous denoising score matching; smld (VE) / ddpm (VP): the discrete losses")
-    g.add_argument("--likelihood_weighting", type=_bool, default=d.likelihood_weighting,
-                   help="dsm: weight by g(t)^2 (maximum-likelihood training)")
-    g.add_argument("--reduce_mean", type=_optional(_bool), default=None,
-                   help="mean (true) or half sum (false) over pixels; default false for VE, true for VP/sub-VP")
+    g.add_argument(
+        "--loss",
+        choices=LOSS_TYPES,
+        default=d.loss,
+        help="dsm: continuous denoising score matching; smld (VE) / ddpm (VP): the discrete losses",
+    )
+    g.add_argument(
+        "--likelihood_weighting",
+        type=_bool,
+        default=d.likelihood_weighting,
+        help="dsm: weight by g(t)^2 (maximum-likelihood training)",
+    )
+    g.add_argument(
+        "--reduce_mean",
+        type=_optional(_bool),
+        default=None,
+        help="mean (true) or half sum (false) over pixels; default false for VE, true for VP/sub-VP",
+    )
     g.add_argument("--train_eps", type=float, default=d.train_eps, help="dsm: t ~ U(train_eps, 1)")
-    g.add_argument("--soft_weighting", choices=("score", "uniform"), default=d.soft_weighting,
-                   help="--corruption blur: Soft Score Matching weight 1 / s_t^2 (score) or 1 (uniform)")
+    g.add_argument(
+        "--soft_weighting",
+        choices=("score", "uniform"),
+        default=d.soft_weighting,
+        help="--corruption blur: Soft Score Matching weight 1 / s_t^2 (score) or 1 (uniform)",
+    )
     g = parser.add_argument_group("optimisation")
     g.add_argument("--train_batch_size", type=int, default=d.train_batch_size, help="batch size per process")
     g.add_argument("--max_train_steps", type=int, default=d.max_train_steps, help="optimizer steps")
@@ -319,43 +398,85 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--adam_beta2", type=float, default=d.adam_beta2)
     g.add_argument("--adam_weight_decay", type=float, default=d.adam_weight_decay)
     g.add_argument("--adam_epsilon", type=float, default=d.adam_epsilon)
-    g.add_argument("--max_grad_norm", type=_optional(float), default=d.max_grad_norm,
-                   help="gradient clipping norm ('none' disables)")
+    g.add_argument(
+        "--max_grad_norm",
+        type=_optional(float),
+        default=d.max_grad_norm,
+        help="gradient clipping norm ('none' disables)",
+    )
     g.add_argument("--use_ema", type=_bool, default=d.use_ema, help="keep an EMA of the weights and export it")
-    g.add_argument("--ema_decay", type=float, default=d.ema_decay,
-                   help="largest EMA decay (Diffusers' EMAModel warm-up (1 + n) / (10 + n) below it)")
-    g.add_argument("--mixed_precision", choices=MIXED_PRECISION, default=d.mixed_precision,
-                   help="auto: bf16 (or fp16) on a GPU, none on CPU; an `accelerate launch` setting wins")
+    g.add_argument(
+        "--ema_decay",
+        type=float,
+        default=d.ema_decay,
+        help="largest EMA decay (Diffusers' EMAModel warm-up (1 + n) / (10 + n) below it)",
+    )
+    g.add_argument(
+        "--mixed_precision",
+        choices=MIXED_PRECISION,
+        default=d.mixed_precision,
+        help="auto: bf16 (or fp16) on a GPU, none on CPU; an `accelerate launch` setting wins",
+    )
     g.add_argument("--use_cpu", action="store_true", help="train on the CPU even if a GPU is present")
     g.add_argument("--seed", type=int, default=d.seed)
     g = parser.add_argument_group("output, logging and checkpoints")
     g.add_argument("--output_dir", default=d.output_dir)
-    g.add_argument("--overwrite_output_dir", action="store_true",
-                   help="delete checkpoints of an earlier run in --output_dir instead of refusing to start")
-    g.add_argument("--checkpointing_steps", type=int, default=d.checkpointing_steps,
-                   help="save a checkpoint every N steps (0: only at the end)")
-    g.add_argument("--checkpoints_total_limit", type=_optional(int), default=None,
-                   help="keep at most this many checkpoints")
+    g.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="delete checkpoints of an earlier run in --output_dir instead of refusing to start",
+    )
+    g.add_argument(
+        "--checkpointing_steps",
+        type=int,
+        default=d.checkpointing_steps,
+        help="save a checkpoint every N steps (0: only at the end)",
+    )
+    g.add_argument(
+        "--checkpoints_total_limit",
+        type=_optional(int),
+        default=None,
+        help="keep at most this many checkpoints",
+    )
     g.add_argument("--save_final_checkpoint", type=_bool, default=d.save_final_checkpoint)
-    g.add_argument("--resume_from_checkpoint", default=None,
-                   help="'latest' (the newest checkpoint in --output_dir, or a fresh start if none) or a path")
+    g.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="'latest' (the newest checkpoint in --output_dir, or a fresh start if none) or a path",
+    )
     g.add_argument("--logging_steps", type=int, default=d.logging_steps)
     g.add_argument("--report_to", choices=REPORT_TO, default=d.report_to)
     g.add_argument("--progress_bar", type=_bool, default=d.progress_bar)
     g = parser.add_argument_group("sampling and evaluation")
-    g.add_argument("--sample_every", type=int, default=d.sample_every,
-                   help="log a sample grid every N steps (0: only the final grid)")
+    g.add_argument(
+        "--sample_every",
+        type=int,
+        default=d.sample_every,
+        help="log a sample grid every N steps (0: only the final grid)",
+    )
     g.add_argument("--num_sample_images", type=int, default=d.num_sample_images)
-    g.add_argument("--num_inference_steps", type=int, default=d.num_inference_steps,
-                   help="predictor steps of the PC sampler for sample grids")
+    g.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=d.num_inference_steps,
+        help="predictor steps of the PC sampler for sample grids",
+    )
     g.add_argument("--predictor", default=None, help="predictor saved in the exported scheduler")
     g.add_argument("--corrector", default=None, help="corrector saved in the exported scheduler")
     g.add_argument("--snr", type=_optional(float), default=None, help="Langevin corrector signal-to-noise ratio")
-    g.add_argument("--eval_bpd_images", type=int, default=d.eval_bpd_images,
-                   help="measure bits/dim of the final EMA model on this many held-out images (0: skip)")
+    g.add_argument(
+        "--eval_bpd_images",
+        type=int,
+        default=d.eval_bpd_images,
+        help="measure bits/dim of the final EMA model on this many held-out images (0: skip)",
+    )
     g.add_argument("--eval_split", default=d.eval_split, help="held-out split for bits/dim")
-    g.add_argument("--eval_bpd_tolerance", type=float, default=d.eval_bpd_tolerance,
-                   help="rtol = atol of the probability-flow ODE solve")
+    g.add_argument(
+        "--eval_bpd_tolerance",
+        type=float,
+        default=d.eval_bpd_tolerance,
+        help="rtol = atol of the probability-flow ODE solve",
+    )
     g = parser.add_argument_group("Hugging Face Hub")
     g.add_argument("--push_to_hub", action="store_true", help="upload the exported pipeline with its model card")
     g.add_argument("--hub_model_id", default=None, help="'user/name' of the model repo")
@@ -433,12 +554,15 @@ def _check(condition: bool, message: str) -> None:
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
-    _check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-           f"{name} must be an integer >= {minimum}, got {value!r}")
+    _check(
+        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+        f"{name} must be an integer >= {minimum}, got {value!r}",
+    )
 
 
-def _check_float(name: str, value: Any, low: float | None = None, high: float | None = None,
-                 open_low: bool = True) -> None:
+def _check_float(
+    name: str, value: Any, low: float | None = None, high: float | None = None, open_low: bool = True
+) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if ok and low is not None:
         ok = value > low if open_low else value >= low
@@ -452,19 +576,29 @@ def _check_options(cfg: TrainingConfig) -> None:
     from sde_diffusers.models import get_preset
 
     _check(isinstance(cfg, TrainingConfig), f"config must be a TrainingConfig, got {type(cfg).__name__}")
-    _check((cfg.dataset_name is None) != (cfg.train_data_dir is None),
-           "pass exactly one of --dataset_name (digits, mnist or a Hub dataset id) and --train_data_dir")
+    _check(
+        (cfg.dataset_name is None) != (cfg.train_data_dir is None),
+        "pass exactly one of --dataset_name (digits, mnist or a Hub dataset id) and --train_data_dir",
+    )
     try:
         preset = get_preset(cfg.model_preset)
     except ValueError as err:
         raise TrainingInputError(f"--model_preset: {err}") from err
-    _check(preset.model_class in ("NCSNppModel", "DDPMppModel"),
-           f"--model_preset {cfg.model_preset!r} builds a {preset.model_class}, not a score network")
+    _check(
+        preset.model_class in ("NCSNppModel", "DDPMppModel"),
+        f"--model_preset {cfg.model_preset!r} builds a {preset.model_class}, not a score network",
+    )
     _check(isinstance(cfg.model_config, dict), "--model_config must be a JSON object")
     managed = sorted({"in_channels", "sample_size", "num_class_embeds"} & set(cfg.model_config))
-    _check(not managed, f"--model_config must not set {managed}: they follow the data (--resolution, "
-                        "--image_mode, --class_conditional)")
-    _check(cfg.corruption in CORRUPTION_TYPES, f"--corruption must be one of {CORRUPTION_TYPES}, got {cfg.corruption!r}")
+    _check(
+        not managed,
+        f"--model_config must not set {managed}: they follow the data (--resolution, "
+        "--image_mode, --class_conditional)",
+    )
+    _check(
+        cfg.corruption in CORRUPTION_TYPES,
+        f"--corruption must be one of {CORRUPTION_TYPES}, got {cfg.corruption!r}",
+    )
     if cfg.corruption == "blur":
         _check_blur_options(cfg, preset)
     else:
@@ -472,13 +606,18 @@ def _check_options(cfg: TrainingConfig) -> None:
         if cfg.sde is None:
             cfg.sde = preset.sde_types[0]
         _check(cfg.sde in SDE_TYPES, f"--sde must be one of {SDE_TYPES}, got {cfg.sde!r}")
-        _check(cfg.sde in preset.sde_types,
-               f"--model_preset {cfg.model_preset!r} is for the {'/'.join(preset.sde_types)} SDE, not {cfg.sde!r}; "
-               f"use an {'ncsnpp' if cfg.sde == 've' else 'ddpmpp'}-* preset")
+        _check(
+            cfg.sde in preset.sde_types,
+            f"--model_preset {cfg.model_preset!r} is for the {'/'.join(preset.sde_types)} SDE, not {cfg.sde!r}; "
+            f"use an {'ncsnpp' if cfg.sde == 've' else 'ddpmpp'}-* preset",
+        )
         _check(cfg.loss in LOSS_TYPES, f"--loss must be one of {LOSS_TYPES}, got {cfg.loss!r}")
         _check(cfg.loss != "smld" or cfg.sde == "ve", "--loss smld (NCSN's discrete loss) needs --sde ve")
         _check(cfg.loss != "ddpm" or cfg.sde == "vp", "--loss ddpm (the discrete DDPM loss) needs --sde vp")
-        _check(not cfg.likelihood_weighting or cfg.loss == "dsm", "--likelihood_weighting applies to --loss dsm only")
+        _check(
+            not cfg.likelihood_weighting or cfg.loss == "dsm",
+            "--likelihood_weighting applies to --loss dsm only",
+        )
         if cfg.reduce_mean is None:
             cfg.reduce_mean = cfg.sde != "ve"  # score_sde's configs: sum for VE, mean for VP / sub-VP
     _check_int("--num_train_timesteps", cfg.num_train_timesteps, 2)
@@ -502,8 +641,10 @@ def _check_options(cfg: TrainingConfig) -> None:
         _check_float("--max_grad_norm", cfg.max_grad_norm, 0.0)
     _check_float("--ema_decay", cfg.ema_decay, 0.0, 1.0, open_low=False)
     _check(cfg.mixed_precision in MIXED_PRECISION, f"--mixed_precision must be one of {MIXED_PRECISION}")
-    _check(cfg.mixed_precision != "fp16" or (torch.cuda.is_available() and not cfg.use_cpu),
-           "--mixed_precision fp16 needs a CUDA GPU; use 'no' (or 'bf16') on this machine")
+    _check(
+        cfg.mixed_precision != "fp16" or (torch.cuda.is_available() and not cfg.use_cpu),
+        "--mixed_precision fp16 needs a CUDA GPU; use 'no' (or 'bf16') on this machine",
+    )
     _check_int("--seed", cfg.seed, 0)
     _check_int("--checkpointing_steps", cfg.checkpointing_steps, 0)
     if cfg.checkpoints_total_limit is not None:
@@ -513,13 +654,17 @@ def _check_options(cfg: TrainingConfig) -> None:
     _check_int("--sample_every", cfg.sample_every, 0)
     _check_int("--num_sample_images", cfg.num_sample_images, 1)
     _check_int("--num_inference_steps", cfg.num_inference_steps, 1)
-    _check(cfg.corruption != "blur" or cfg.num_inference_steps <= cfg.num_train_timesteps,
-           f"--num_inference_steps ({cfg.num_inference_steps}) must be <= --num_train_timesteps "
-           f"({cfg.num_train_timesteps}) with --corruption blur (the sampler visits a subset of the trained levels)")
+    _check(
+        cfg.corruption != "blur" or cfg.num_inference_steps <= cfg.num_train_timesteps,
+        f"--num_inference_steps ({cfg.num_inference_steps}) must be <= --num_train_timesteps "
+        f"({cfg.num_train_timesteps}) with --corruption blur (the sampler visits a subset of the trained levels)",
+    )
     _check_int("--eval_bpd_images", cfg.eval_bpd_images, 0)
     _check_float("--eval_bpd_tolerance", cfg.eval_bpd_tolerance, 0.0, 1.0)
-    _check(isinstance(cfg.output_dir, (str, os.PathLike)) and str(cfg.output_dir) != "",
-           "--output_dir must be a path")
+    _check(
+        isinstance(cfg.output_dir, (str, os.PathLike)) and str(cfg.output_dir) != "",
+        "--output_dir must be a path",
+    )
     if cfg.push_to_hub:
         _check(bool(cfg.hub_model_id), "--push_to_hub needs --hub_model_id user/name")
     else:
@@ -528,27 +673,46 @@ def _check_options(cfg: TrainingConfig) -> None:
 
 def _check_blur_options(cfg: TrainingConfig, preset) -> None:
     """``--corruption blur``: refuse the options of Gaussian SDE training that mean nothing for blur + noise."""
-    _check(preset.model_class == "DDPMppModel",
-           f"--corruption blur needs a DDPM++ preset (ddpmpp-*): the network predicts x_0 from the t * (N - 1) "
-           f"timestep, while {cfg.model_preset!r} builds an {preset.model_class}, which takes the noise level and "
-           "divides its output by it (a score parameterisation)")
-    _check(cfg.sde is None, f"--sde {cfg.sde} does not apply to --corruption blur: its corruption is the blur + noise "
-                            "schedule fitted to the training images, not an SDE; leave --sde out")
-    _check(cfg.loss == "dsm", f"--loss {cfg.loss} is a discrete loss of the Gaussian SDEs; --corruption blur trains "
-                              "with Soft Score Matching (leave --loss out; --soft_weighting picks its weight)")
-    _check(not cfg.likelihood_weighting,
-           "--likelihood_weighting (the g(t)^2 weight of an SDE) does not apply to --corruption blur; use "
-           "--soft_weighting score (1 / s_t^2) or uniform")
-    _check(cfg.soft_weighting in ("score", "uniform"),
-           f"--soft_weighting must be 'score' or 'uniform', got {cfg.soft_weighting!r}")
-    _check(not cfg.class_conditional,
-           "--class_conditional is not supported with --corruption blur (SoftDiffusionPipeline is unconditional)")
+    _check(
+        preset.model_class == "DDPMppModel",
+        f"--corruption blur needs a DDPM++ preset (ddpmpp-*): the network predicts x_0 from the t * (N - 1) "
+        f"timestep, while {cfg.model_preset!r} builds an {preset.model_class}, which takes the noise level and "
+        "divides its output by it (a score parameterisation)",
+    )
+    _check(
+        cfg.sde is None,
+        f"--sde {cfg.sde} does not apply to --corruption blur: its corruption is the blur + noise "
+        "schedule fitted to the training images, not an SDE; leave --sde out",
+    )
+    _check(
+        cfg.loss == "dsm",
+        f"--loss {cfg.loss} is a discrete loss of the Gaussian SDEs; --corruption blur trains "
+        "with Soft Score Matching (leave --loss out; --soft_weighting picks its weight)",
+    )
+    _check(
+        not cfg.likelihood_weighting,
+        "--likelihood_weighting (the g(t)^2 weight of an SDE) does not apply to --corruption blur; use "
+        "--soft_weighting score (1 / s_t^2) or uniform",
+    )
+    _check(
+        cfg.soft_weighting in ("score", "uniform"),
+        f"--soft_weighting must be 'score' or 'uniform', got {cfg.soft_weighting!r}",
+    )
+    _check(
+        not cfg.class_conditional,
+        "--class_conditional is not supported with --corruption blur (SoftDiffusionPipeline is unconditional)",
+    )
     given = [f"--{k}" for k in ("predictor", "corrector", "snr") if getattr(cfg, k) is not None]
-    _check(not given, f"{'/'.join(given)} configure the predictor-corrector sampler of the Gaussian SDEs; "
-                      "--corruption blur exports a SoftDiffusionScheduler (the momentum sampler)")
-    _check(not cfg.eval_bpd_images,
-           "--eval_bpd_images: bits/dim is not defined for --corruption blur (it integrates the probability-flow "
-           "ODE of a Gaussian-noise SDE, and blur + noise corruption has none); leave it at 0")
+    _check(
+        not given,
+        f"{'/'.join(given)} configure the predictor-corrector sampler of the Gaussian SDEs; "
+        "--corruption blur exports a SoftDiffusionScheduler (the momentum sampler)",
+    )
+    _check(
+        not cfg.eval_bpd_images,
+        "--eval_bpd_images: bits/dim is not defined for --corruption blur (it integrates the probability-flow "
+        "ODE of a Gaussian-noise SDE, and blur + noise corruption has none); leave it at 0",
+    )
     if cfg.reduce_mean is None:
         cfg.reduce_mean = True  # mean over pixels: the loss is on the scale of a per-pixel squared error
 
@@ -659,13 +823,21 @@ def validate_config(cfg: TrainingConfig) -> _Plan:
     factor = 2 ** (len(model_cfg.get("channel_mult", (1,))) - 1)
     if cfg.resolution is not None:
         _check_int("--resolution", cfg.resolution, 1)
-        _check(cfg.resolution % factor == 0,
-               f"--resolution {cfg.resolution} is not divisible by {factor}: the model "
-               f"{cfg.model_preset!r} halves the resolution {factor.bit_length() - 1} times "
-               f"(channel_mult {tuple(model_cfg.get('channel_mult', ()))})")
-    data_kwargs = dict(resolution=cfg.resolution, resize_mode=cfg.resize_mode, center_crop=cfg.center_crop,
-                       image_mode=cfg.image_mode, image_column=cfg.image_column, label_column=cfg.label_column,
-                       dataset_config_name=cfg.dataset_config_name)
+        _check(
+            cfg.resolution % factor == 0,
+            f"--resolution {cfg.resolution} is not divisible by {factor}: the model "
+            f"{cfg.model_preset!r} halves the resolution {factor.bit_length() - 1} times "
+            f"(channel_mult {tuple(model_cfg.get('channel_mult', ()))})",
+        )
+    data_kwargs = dict(
+        resolution=cfg.resolution,
+        resize_mode=cfg.resize_mode,
+        center_crop=cfg.center_crop,
+        image_mode=cfg.image_mode,
+        image_column=cfg.image_column,
+        label_column=cfg.label_column,
+        dataset_config_name=cfg.dataset_config_name,
+    )
     try:
         data = load_image_data(cfg.dataset_name, cfg.train_data_dir, split="train", **data_kwargs)
     except FileNotFoundError as err:
@@ -673,22 +845,27 @@ def validate_config(cfg: TrainingConfig) -> _Plan:
     except ValueError as err:
         raise TrainingInputError(str(err)) from err
     height, width = data.resolution
-    _check(height == width,
-           f"the training images are {height}x{width}; pass --resolution to make them square")
-    _check(height % factor == 0,
-           f"the training images are {height}x{width}, not divisible by {factor}: the model {cfg.model_preset!r} "
-           f"halves the resolution {factor.bit_length() - 1} times; pass --resolution (e.g. "
-           f"{factor * max(1, round(height / factor))})")
+    _check(height == width, f"the training images are {height}x{width}; pass --resolution to make them square")
+    _check(
+        height % factor == 0,
+        f"the training images are {height}x{width}, not divisible by {factor}: the model {cfg.model_preset!r} "
+        f"halves the resolution {factor.bit_length() - 1} times; pass --resolution (e.g. "
+        f"{factor * max(1, round(height / factor))})",
+    )
     if cfg.resolution is None:
         cfg.resolution = height
     if cfg.class_conditional:
-        _check(data.labels is not None,
-               f"--class_conditional needs class labels, but {data.description} has none (use class subfolders, "
-               "a label column, or a built-in data set)")
+        _check(
+            data.labels is not None,
+            f"--class_conditional needs class labels, but {data.description} has none (use class subfolders, "
+            "a label column, or a built-in data set)",
+        )
     global_batch = cfg.train_batch_size * _world_size()
-    _check(global_batch <= len(data),
-           f"the global batch ({cfg.train_batch_size} per process x {_world_size()} processes) is larger than the "
-           f"data set ({len(data)} images)")
+    _check(
+        global_batch <= len(data),
+        f"the global batch ({cfg.train_batch_size} per process x {_world_size()} processes) is larger than the "
+        f"data set ({len(data)} images)",
+    )
 
     if cfg.sde == "ve" and cfg.sigma_max is None:
         # Song & Ermon (2020), technique 1: sigma_max at least the largest distance between training points.
@@ -702,8 +879,10 @@ def validate_config(cfg: TrainingConfig) -> _Plan:
         except ValueError:
             eval_data = data
             eval_note = f"{min(cfg.eval_bpd_images, len(data))} training images (no {cfg.eval_split!r} split)"
-        _check(eval_data.images.shape[1:] == data.images.shape[1:],
-               "the held-out images do not have the training images' shape")
+        _check(
+            eval_data.images.shape[1:] == data.images.shape[1:],
+            "the held-out images do not have the training images' shape",
+        )
 
     overrides = dict(cfg.model_config, in_channels=data.num_channels, sample_size=cfg.resolution)
     if cfg.class_conditional:
@@ -717,8 +896,19 @@ def validate_config(cfg: TrainingConfig) -> _Plan:
     if resume_dir is not None:
         _check_resume(cfg, resume_dir)
     scheduler = _build_soft_scheduler(cfg, data, resume_dir) if cfg.corruption == "blur" else _build_scheduler(cfg)
-    return _Plan(cfg, data, eval_data, eval_note, model, scheduler, getattr(scheduler, "sde", None), output_dir,
-                 checkpoints_dir, resume_dir, hub_token)
+    return _Plan(
+        cfg,
+        data,
+        eval_data,
+        eval_note,
+        model,
+        scheduler,
+        getattr(scheduler, "sde", None),
+        output_dir,
+        checkpoints_dir,
+        resume_dir,
+        hub_token,
+    )
 
 
 def _world_size() -> int:
@@ -736,7 +926,12 @@ class _BatchStream:
     """
 
     def __init__(self, num_examples: int, global_batch: int, seed: int, device: torch.device) -> None:
-        self.num_examples, self.global_batch, self.seed, self.device = num_examples, global_batch, seed, device
+        self.num_examples, self.global_batch, self.seed, self.device = (
+            num_examples,
+            global_batch,
+            seed,
+            device,
+        )
         self.per_epoch = num_examples // global_batch
         self.position = 0
         self._epoch, self._perm = -1, None
@@ -748,7 +943,7 @@ class _BatchStream:
             self._perm = torch.randperm(self.num_examples, generator=gen).to(self.device)
             self._epoch = epoch
         self.position += 1
-        return self._perm[k * self.global_batch:(k + 1) * self.global_batch]
+        return self._perm[k * self.global_batch : (k + 1) * self.global_batch]
 
 
 def _set_logging(is_main: bool) -> None:
@@ -807,8 +1002,13 @@ def _sample_grid(model, scheduler, cfg: TrainingConfig, num_classes: int | None,
     model.eval()
     try:
         with torch.no_grad():
-            images = pipeline(batch_size=cfg.num_sample_images, num_inference_steps=cfg.num_inference_steps,
-                              generator=generator, output_type="pil", **kwargs).images
+            images = pipeline(
+                batch_size=cfg.num_sample_images,
+                num_inference_steps=cfg.num_inference_steps,
+                generator=generator,
+                output_type="pil",
+                **kwargs,
+            ).images
     finally:
         model.train(was_training)
     # Small images are enlarged (nearest neighbour) and framed in grey so that tiles touching their edges (digits)
@@ -816,8 +1016,14 @@ def _sample_grid(model, scheduler, cfg: TrainingConfig, num_classes: int | None,
     from PIL import Image, ImageOps
 
     scale = max(1, 64 // images[0].width)
-    images = [ImageOps.expand(im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST),
-                              border=max(1, scale // 4), fill=128) for im in images]
+    images = [
+        ImageOps.expand(
+            im.resize((im.width * scale, im.height * scale), Image.Resampling.NEAREST),
+            border=max(1, scale // 4),
+            fill=128,
+        )
+        for im in images
+    ]
     rows, cols = _grid_shape(len(images))
     return make_image_grid(images, rows=rows, cols=cols)
 
@@ -849,9 +1055,18 @@ def _bits_per_dim(model, plan: _Plan, cfg: TrainingConfig, device) -> tuple[floa
     kwargs = {"model_kwargs": {"class_labels": y}} if cfg.class_conditional else {}
     generator = torch.Generator(device=device).manual_seed(cfg.seed + 2)
     out = log_likelihood(
-        model, plan.sde, x, dequantize=True, data_range=(-1.0, 1.0), num_levels=256, generator=generator,
-        rtol=cfg.eval_bpd_tolerance, atol=cfg.eval_bpd_tolerance, prediction_type=model.prediction_type,
-        time_input=model.time_input, **kwargs,
+        model,
+        plan.sde,
+        x,
+        dequantize=True,
+        data_range=(-1.0, 1.0),
+        num_levels=256,
+        generator=generator,
+        rtol=cfg.eval_bpd_tolerance,
+        atol=cfg.eval_bpd_tolerance,
+        prediction_type=model.prediction_type,
+        time_input=model.time_input,
+        **kwargs,
     )
     bpd = out.bits_per_dim.double().cpu()
     stderr = float(bpd.std() / math.sqrt(count)) if count > 1 else float("nan")
@@ -861,16 +1076,22 @@ def _bits_per_dim(model, plan: _Plan, cfg: TrainingConfig, device) -> tuple[floa
 def _model_card_fields(plan: _Plan, cfg: TrainingConfig, model, result: TrainingResult, bpd_text: str | None):
     n_params = sum(p.numel() for p in model.parameters())
     c, h, w = plan.data.images.shape[1:]
-    arch = (f"`{type(model).__name__}` (preset `{cfg.model_preset}`), {n_params:,} parameters, {c}x{h}x{w} images"
-            + (f", class-conditional ({plan.data.num_classes} classes)" if cfg.class_conditional else "")
-            + (f", config overrides `{json.dumps(cfg.model_config)}`" if cfg.model_config else ""))
+    arch = (
+        f"`{type(model).__name__}` (preset `{cfg.model_preset}`), {n_params:,} parameters, {c}x{h}x{w} images"
+        + (f", class-conditional ({plan.data.num_classes} classes)" if cfg.class_conditional else "")
+        + (f", config overrides `{json.dumps(cfg.model_config)}`" if cfg.model_config else "")
+    )
     if cfg.corruption == "blur":
         return _soft_model_card_fields(plan, cfg, arch, result)
     sde_name = {"ve": "VE", "vp": "VP", "subvp": "sub-VP"}[cfg.sde]
     params = {k: v for k, v in plan.sde.config.items()}
-    sde_text = f"{sde_name} SDE ({', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in params.items())})"
-    loss_text = {"dsm": "continuous denoising score matching", "smld": "SMLD (NCSN) discrete loss",
-                 "ddpm": "DDPM discrete loss"}[cfg.loss]
+    described = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+    sde_text = f"{sde_name} SDE ({described})"
+    loss_text = {
+        "dsm": "continuous denoising score matching",
+        "smld": "SMLD (NCSN) discrete loss",
+        "ddpm": "DDPM discrete loss",
+    }[cfg.loss]
     if cfg.likelihood_weighting:
         loss_text += " with likelihood weighting g(t)^2"
     final = "not measured" if result.final_loss is None else f"{result.final_loss:.4g} ({loss_text})"
@@ -891,8 +1112,10 @@ def _model_card_fields(plan: _Plan, cfg: TrainingConfig, model, result: Training
 
 
 # The bits/dim entry of a Soft Diffusion model card (and log line): why there is no number.
-_NO_BPD_FOR_BLUR = ("not defined for blur + noise corruption (bits/dim integrates the probability-flow ODE of a "
-                    "Gaussian-noise SDE, which this corruption process does not have)")
+_NO_BPD_FOR_BLUR = (
+    "not defined for blur + noise corruption (bits/dim integrates the probability-flow ODE of a "
+    "Gaussian-noise SDE, which this corruption process does not have)"
+)
 
 
 def _soft_model_card_fields(plan: _Plan, cfg: TrainingConfig, arch: str, result: TrainingResult):
@@ -927,8 +1150,22 @@ def _public_config(cfg: TrainingConfig) -> dict[str, Any]:
     values = cfg.to_dict(public=True)
     unused = ("beta_min", "beta_max") if cfg.sde == "ve" else ("sigma_min", "sigma_max")
     if cfg.corruption == "blur":  # no SDE at all
-        unused = ("sde", "sigma_min", "sigma_max", "beta_min", "beta_max", "loss", "likelihood_weighting",
-                  "train_eps", "predictor", "corrector", "snr", "eval_bpd_images", "eval_split", "eval_bpd_tolerance")
+        unused = (
+            "sde",
+            "sigma_min",
+            "sigma_max",
+            "beta_min",
+            "beta_max",
+            "loss",
+            "likelihood_weighting",
+            "train_eps",
+            "predictor",
+            "corrector",
+            "snr",
+            "eval_bpd_images",
+            "eval_split",
+            "eval_bpd_tolerance",
+        )
     else:
         unused += ("soft_weighting",)
     return {k: v for k, v in values.items() if k not in unused and not k.startswith(("hub_", "push_"))}
@@ -981,8 +1218,9 @@ class _Trainer:
                 num_steps=cfg.gradient_accumulation_steps, sync_with_dataloader=False
             ),
             log_with=None if cfg.report_to == "none" else cfg.report_to,
-            project_config=ProjectConfiguration(project_dir=str(plan.output_dir),
-                                                logging_dir=str(plan.output_dir / "logs")),
+            project_config=ProjectConfiguration(
+                project_dir=str(plan.output_dir), logging_dir=str(plan.output_dir / "logs")
+            ),
         )
         self.accelerator = accelerator
         _set_logging(accelerator.is_main_process)
@@ -999,12 +1237,19 @@ class _Trainer:
         model = plan.model
         model.train()
         optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-            weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
+            model.parameters(),
+            lr=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            weight_decay=cfg.adam_weight_decay,
+            eps=cfg.adam_epsilon,
         )
         # Stepped by hand once per optimizer step (a prepared scheduler steps once per process).
-        self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                                          num_training_steps=cfg.max_train_steps)
+        self.lr_scheduler = get_scheduler(
+            cfg.lr_scheduler,
+            optimizer,
+            num_warmup_steps=cfg.lr_warmup_steps,
+            num_training_steps=cfg.max_train_steps,
+        )
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.raw_model = accelerator.unwrap_model(self.model)
         accelerator.register_for_checkpointing(self.lr_scheduler)
@@ -1017,7 +1262,9 @@ class _Trainer:
         data = plan.data
         # Small data sets live on the device: a batch is one index operation.
         self.images = data.images.to(self.device) if data.images.numel() < 2**30 else data.images
-        self.labels = data.labels.to(self.images.device) if (cfg.class_conditional and data.labels is not None) else None
+        self.labels = (
+            data.labels.to(self.images.device) if (cfg.class_conditional and data.labels is not None) else None
+        )
         self.global_batch = cfg.train_batch_size * self.world
         self.stream = _BatchStream(len(data), self.global_batch, cfg.seed, self.images.device)
         # Diffusion times, noise and flips for the global batch: the same generator on every process.
@@ -1052,8 +1299,13 @@ class _Trainer:
         acc.save_state(str(staging))
         final = None
         if acc.is_main_process:
-            files = ["unet/diffusion_pytorch_model.safetensors", "unet/config.json", "optimizer.bin",
-                     "random_states_0.pkl", "generator.safetensors"]
+            files = [
+                "unet/diffusion_pytorch_model.safetensors",
+                "unet/config.json",
+                "optimizer.bin",
+                "random_states_0.pkl",
+                "generator.safetensors",
+            ]
             save_file({"state": self.generator.get_state().cpu()}, str(staging / "generator.safetensors"))
             if cfg.corruption == "blur":
                 # The fitted levels and prior the weights are trained for: a resumed run reads them back.
@@ -1062,8 +1314,10 @@ class _Trainer:
             ema_meta = None
             if self.ema is not None:
                 names = [n for n, _ in self.raw_model.named_parameters()]
-                save_file({n: p.detach().cpu().contiguous() for n, p in zip(names, self.ema.shadow_params, strict=True)},
-                          str(staging / "ema.safetensors"))
+                save_file(
+                    {n: p.detach().cpu().contiguous() for n, p in zip(names, self.ema.shadow_params, strict=True)},
+                    str(staging / "ema.safetensors"),
+                )
                 ema_meta = {k: v for k, v in self.ema.state_dict().items() if k != "shadow_params"}
                 files.append("ema.safetensors")
             state = {
@@ -1098,7 +1352,10 @@ class _Trainer:
         if state.get("world_size") != self.world:
             logger.warning(
                 "checkpoint %s was written by %s processes, resuming on %s: the data order and diffusion noise "
-                "continue exactly, per-process RNG (dropout) does not", path, state.get("world_size"), self.world
+                "continue exactly, per-process RNG (dropout) does not",
+                path,
+                state.get("world_size"),
+                self.world,
             )
         self.accelerator.load_state(str(path))
         self.global_step = int(state["global_step"])
@@ -1128,8 +1385,15 @@ class _Trainer:
 
         if cfg.corruption == "blur":
             # The network output is x_0's estimate; it sees t on the scheduler's t * (N - 1) timestep scale.
-            return soft_score_matching_loss(self.model, x, self.plan.scheduler, t=times, noise=noise,
-                                            weighting=cfg.soft_weighting, reduce_mean=cfg.reduce_mean)
+            return soft_score_matching_loss(
+                self.model,
+                x,
+                self.plan.scheduler,
+                t=times,
+                noise=noise,
+                weighting=cfg.soft_weighting,
+                reduce_mean=cfg.reduce_mean,
+            )
         kwargs = {"class_labels": y} if y is not None else {}
         sde, model = self.plan.sde, self.model
         if cfg.loss == "ddpm":
@@ -1137,8 +1401,16 @@ class _Trainer:
         score_fn = make_score_fn(model, sde, self.raw_model.prediction_type, self.raw_model.time_input, **kwargs)
         if cfg.loss == "smld":
             return smld_loss(score_fn, sde, x, reduce_mean=cfg.reduce_mean, timesteps=times, noise=noise)
-        return denoising_score_matching_loss(score_fn, sde, x, eps=cfg.train_eps, reduce_mean=cfg.reduce_mean,
-                                             likelihood_weighting=cfg.likelihood_weighting, t=times, noise=noise)
+        return denoising_score_matching_loss(
+            score_fn,
+            sde,
+            x,
+            eps=cfg.train_eps,
+            reduce_mean=cfg.reduce_mean,
+            likelihood_weighting=cfg.likelihood_weighting,
+            t=times,
+            noise=noise,
+        )
 
     def _micro_batch(self, cfg: TrainingConfig):
         from sde_diffusers.losses import sample_time
@@ -1199,7 +1471,8 @@ class _Trainer:
             import numpy as np
 
             acc.get_tracker("tensorboard").log_images(
-                {"samples": np.asarray(grid.convert("RGB"))[None]}, step=self.global_step, dataformats="NHWC")
+                {"samples": np.asarray(grid.convert("RGB"))[None]}, step=self.global_step, dataformats="NHWC"
+            )
         return grid
 
     # -- main loop ----------------------------------------------------------------------------------------
@@ -1226,20 +1499,38 @@ class _Trainer:
             logger.info("no checkpoint in %s yet: starting a new run", plan.checkpoints_dir)
 
         if cfg.report_to != "none":
-            hparams = {k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
-                       for k, v in cfg.to_dict(public=True).items()}
+            hparams = {
+                k: (v if isinstance(v, (int, float, str, bool)) else json.dumps(v))
+                for k, v in cfg.to_dict(public=True).items()
+            }
             acc.init_trackers("score_sde", config=hparams)
         n_params = sum(p.numel() for p in self.raw_model.parameters())
-        objective = (f"the {cfg.sde} SDE" if cfg.corruption == "gaussian" else
-                     f"blur + noise corruption ({cfg.num_train_timesteps} W2-spaced levels, Soft Score Matching)")
+        objective = (
+            f"the {cfg.sde} SDE"
+            if cfg.corruption == "gaussian"
+            else f"blur + noise corruption ({cfg.num_train_timesteps} W2-spaced levels, Soft Score Matching)"
+        )
         logger.info(
             "training %s (%s, %.2fM parameters) with %s on %s: %d processes x %d images x %d accumulation, "
-            "%d steps, mixed precision %s", cfg.model_preset, type(self.raw_model).__name__, n_params / 1e6,
-            objective, plan.data.description, self.world, cfg.train_batch_size, cfg.gradient_accumulation_steps,
-            cfg.max_train_steps, acc.mixed_precision,
+            "%d steps, mixed precision %s",
+            cfg.model_preset,
+            type(self.raw_model).__name__,
+            n_params / 1e6,
+            objective,
+            plan.data.description,
+            self.world,
+            cfg.train_batch_size,
+            cfg.gradient_accumulation_steps,
+            cfg.max_train_steps,
+            acc.mixed_precision,
         )
-        progress = tqdm(total=cfg.max_train_steps, initial=self.global_step, desc="steps",
-                        disable=not (cfg.progress_bar and acc.is_main_process), dynamic_ncols=True)
+        progress = tqdm(
+            total=cfg.max_train_steps,
+            initial=self.global_step,
+            desc="steps",
+            disable=not (cfg.progress_bar and acc.is_main_process),
+            dynamic_ncols=True,
+        )
         timed_steps, timed_seconds = 0, 0.0
         first = True
         while self.global_step < cfg.max_train_steps:
@@ -1262,7 +1553,11 @@ class _Trainer:
                 timed_steps += 1
                 timed_seconds += time.perf_counter() - start
             first = False
-            if cfg.sample_every and self.global_step % cfg.sample_every == 0 and self.global_step < cfg.max_train_steps:
+            if (
+                cfg.sample_every
+                and self.global_step % cfg.sample_every == 0
+                and self.global_step < cfg.max_train_steps
+            ):
                 self._log_samples(cfg)
             if (cfg.checkpointing_steps and self.global_step % cfg.checkpointing_steps == 0) or (
                 cfg.save_final_checkpoint and self.global_step == cfg.max_train_steps
@@ -1278,10 +1573,15 @@ class _Trainer:
         acc, plan = self.accelerator, self.plan
         digests = gather_object([_params_digest(self.raw_model)])
         result = TrainingResult(
-            output_dir=str(plan.output_dir), global_step=self.global_step, initial_loss=self.initial_loss,
+            output_dir=str(plan.output_dir),
+            global_step=self.global_step,
+            initial_loss=self.initial_loss,
             final_loss=self.loss_history[-1][1] if self.loss_history else None,
-            loss_history=list(self.loss_history), steps_per_second=steps_per_second, world_size=self.world,
-            param_digests=list(digests), resumed_from=resumed_from,
+            loss_history=list(self.loss_history),
+            steps_per_second=steps_per_second,
+            world_size=self.world,
+            param_digests=list(digests),
+            resumed_from=resumed_from,
         )
         if acc.is_main_process:
             self._export(cfg, result)
@@ -1302,8 +1602,10 @@ class _Trainer:
                 logger.info("measuring bits/dim on %s", plan.eval_note)
                 mean, stderr = _bits_per_dim(model, plan, cfg, self.device)
                 result.bits_per_dim, result.bits_per_dim_stderr = mean, stderr
-                bpd_text = (f"{mean:.3f} ± {stderr:.3f} on {plan.eval_note}: uniform dequantization, "
-                            f"probability-flow ODE (RK45, rtol = atol = {cfg.eval_bpd_tolerance:g})")
+                bpd_text = (
+                    f"{mean:.3f} ± {stderr:.3f} on {plan.eval_note}: uniform dequantization, "
+                    f"probability-flow ODE (RK45, rtol = atol = {cfg.eval_bpd_tolerance:g})"
+                )
                 self.accelerator.log({"bits_per_dim": mean}, step=self.global_step)
                 logger.info("bits/dim %.3f +- %.3f", mean, stderr)
             staging = plan.output_dir / ".tmp-pipeline"
@@ -1320,10 +1622,15 @@ class _Trainer:
         result.samples_path = str(final / "samples.png")
         logger.info("exported the %s weights to %s", "EMA" if self.ema is not None else "final", final)
         if cfg.push_to_hub:
-            commit = push_pipeline_to_hub(final, cfg.hub_model_id, token=plan.hub_token, private=cfg.hub_private,
-                                          commit_message=f"sde-diffusers: {cfg.model_preset}, "
-                                                         f"{'soft diffusion' if cfg.sde is None else cfg.sde + ' SDE'}, "
-                                                         f"{result.global_step} steps")
+            commit = push_pipeline_to_hub(
+                final,
+                cfg.hub_model_id,
+                token=plan.hub_token,
+                private=cfg.hub_private,
+                commit_message=f"sde-diffusers: {cfg.model_preset}, "
+                f"{'soft diffusion' if cfg.sde is None else cfg.sde + ' SDE'}, "
+                f"{result.global_step} steps",
+            )
             result.hub_commit_url = getattr(commit, "commit_url", None)
             logger.info("pushed to %s", cfg.hub_model_id)
         summary = {k: v for k, v in dataclasses.asdict(result).items() if k != "loss_history"}
@@ -1342,8 +1649,11 @@ def run_from_args(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if result.pipeline_dir:
-        line = f"done: {result.global_step} steps, final loss {result.final_loss:.4g}" if result.final_loss \
-            is not None else f"done: {result.global_step} steps"
+        line = (
+            f"done: {result.global_step} steps, final loss {result.final_loss:.4g}"
+            if result.final_loss is not None
+            else f"done: {result.global_step} steps"
+        )
         if result.bits_per_dim is not None:
             line += f", {result.bits_per_dim:.3f} bits/dim"
         print(f"{line}; pipeline in {result.pipeline_dir}")

@@ -1,4 +1,4 @@
-"""``sde-diffusers colorize MODEL_DIR --image GREY``: colour a grayscale image with a saved score model of colour images.
+"""``sde-diffusers colorize MODEL_DIR --image GREY``: colour a grayscale image with a colour score model.
 
 A colour input file is converted to grey first (``--grey-weights``: the mean of R, G, B as in the paper, or e.g.
 ``0.299 0.587 0.114`` for PIL's luma). Each result is written as a PNG whose grey level equals the input's.
@@ -18,13 +18,26 @@ HELP = "colorize a grayscale image with a saved score model of colour images and
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, default_prefix="colorized")
     parser.add_argument("--image", required=True, help="grayscale image file (a colour file is converted to grey)")
-    parser.add_argument("--grey-weights", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
-                        help="weights of R, G, B in the grey level (default: the mean, as in the paper)")
-    parser.add_argument("--method", default="guidance", choices=["replacement", "guidance", "guidance+replacement"],
-                        help="conditioning: the paper's replacement, or Tweedie likelihood guidance (default)")
+    parser.add_argument(
+        "--grey-weights",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("R", "G", "B"),
+        help="weights of R, G, B in the grey level (default: the mean, as in the paper)",
+    )
+    parser.add_argument(
+        "--method",
+        default="guidance",
+        choices=["replacement", "guidance", "guidance+replacement"],
+        help="conditioning: the paper's replacement, or Tweedie likelihood guidance (default)",
+    )
     parser.add_argument("--guidance-scale", type=float, default=1.0)
-    parser.add_argument("--guidance-variance", default="jacobian",
-                        help="'jacobian' (estimated from the model, default) or a number: the data's per-pixel variance")
+    parser.add_argument(
+        "--guidance-variance",
+        default="jacobian",
+        help="'jacobian' (estimated from the model, default) or a number: the data's per-pixel variance",
+    )
 
 
 def _to_grey(image, weights):
@@ -46,7 +59,12 @@ def run(args: argparse.Namespace) -> int:
     grey = _to_grey(open_image(args.image, "--image"), args.grey_weights)
     pipe = load_pipeline(args, ScoreSdeColorizationPipeline)
     images = generate(
-        pipe, args, grey, method=args.method, guidance_scale=args.guidance_scale, guidance_variance=variance,
+        pipe,
+        args,
+        grey,
+        method=args.method,
+        guidance_scale=args.guidance_scale,
+        guidance_variance=variance,
         grey_weights=args.grey_weights,
     )
     write_images(args, images)

@@ -49,31 +49,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="'digits', 'mnist', 'cifar10' or a folder of reference images")
     parser.add_argument("--data-root", default=None, help="CIFAR-10 folder with train/ and test/ (for --data cifar10)")
     parser.add_argument("--split", default="test", help="held-out split of a built-in data set (default: test)")
-    parser.add_argument("--sampler", required=True, choices=_sampler_names(), metavar="SAMPLER",
-                        help=f"one of: {', '.join(_sampler_names())}")
+    parser.add_argument(
+        "--sampler",
+        required=True,
+        choices=_sampler_names(),
+        metavar="SAMPLER",
+        help=f"one of: {', '.join(_sampler_names())}",
+    )
     parser.add_argument("--num-samples", type=int, default=500, help="images to generate (default: 500)")
-    parser.add_argument("--nfe", type=int, default=None,
-                        help="network evaluations per image for fixed-step samplers (default: the sampler's)")
-    parser.add_argument("--tolerance", type=float, default=None,
-                        help="tolerance of adaptive samplers (ode_adaptive, adaptive_sde)")
+    parser.add_argument(
+        "--nfe",
+        type=int,
+        default=None,
+        help="network evaluations per image for fixed-step samplers (default: the sampler's)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="tolerance of adaptive samplers (ode_adaptive, adaptive_sde)",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="images per sampling batch (default: 256)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (batch b uses seed + b)")
-    parser.add_argument("--feature-extractor", default="auto", choices=("auto", *FEATURE_EXTRACTORS),
-                        help="feature space of the metrics (default: the data set's own classifier)")
-    parser.add_argument("--extractor-weights", default=None,
-                        help="Inception weights file (for 'inception'), or a classifier folder replacing the shipped one")
-    parser.add_argument("--num-reference", type=int, default=None, help="use the first N reference images (default: all)")
+    parser.add_argument(
+        "--feature-extractor",
+        default="auto",
+        choices=("auto", *FEATURE_EXTRACTORS),
+        help="feature space of the metrics (default: the data set's own classifier)",
+    )
+    parser.add_argument(
+        "--extractor-weights",
+        default=None,
+        help="Inception weights file (for 'inception'), or a classifier folder replacing the shipped one",
+    )
+    parser.add_argument(
+        "--num-reference", type=int, default=None, help="use the first N reference images (default: all)"
+    )
     parser.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: 100)")
     parser.add_argument("--pr-k", type=int, default=3, help="neighbourhood size of precision/recall (default: 3)")
-    parser.add_argument("--allow-small-sample", action="store_true",
-                        help="compute the FID even with fewer samples than feature dimensions (biased; warns)")
-    parser.add_argument("--bpd-images", type=int, default=64, help="held-out images for bits/dim (0 skips; default 64)")
+    parser.add_argument(
+        "--allow-small-sample",
+        action="store_true",
+        help="compute the FID even with fewer samples than feature dimensions (biased; warns)",
+    )
+    parser.add_argument(
+        "--bpd-images", type=int, default=64, help="held-out images for bits/dim (0 skips; default 64)"
+    )
     parser.add_argument("--bpd-batch-size", type=int, default=64)
     parser.add_argument("--bpd-rtol", type=float, default=1e-5, help="ODE rtol for bits/dim (default 1e-5)")
     parser.add_argument("--bpd-atol", type=float, default=1e-5, help="ODE atol for bits/dim (default 1e-5)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for torch (default: torch's; 1 is fastest on a busy shared machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's; 1 is fastest on a busy shared machine)",
+    )
     parser.add_argument("--save-grid", default=None, metavar="PNG", help="also save a grid of the first 64 samples")
     parser.add_argument("--out", default=None, metavar="JSON", help="report path (default: MODEL_DIR/evaluation.json)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -159,13 +190,21 @@ def format_table(report: dict[str, Any]) -> str:
         ("model", report["model_dir"]),
         ("SDE", report["sde"]),
         ("sampler", report["sampler"]),
-        ("budget", f"{report['steps']} steps" if report.get("steps") is not None
-         else f"tolerance {report['tolerance']:g}"),
-        ("NFE per image", f"{report['nfe']:.1f}" + (f" (per sample {report['nfe_per_sample']:.1f})"
-                                                    if report["nfe_per_sample"] != report["nfe"] else "")),
+        (
+            "budget",
+            f"{report['steps']} steps" if report.get("steps") is not None else f"tolerance {report['tolerance']:g}",
+        ),
+        (
+            "NFE per image",
+            f"{report['nfe']:.1f}"
+            + (f" (per sample {report['nfe_per_sample']:.1f})" if report["nfe_per_sample"] != report["nfe"] else ""),
+        ),
         ("samples", str(report["num_samples"])),
-        ("reference", f"{report['reference']['data']} {report['reference']['split']} "
-                      f"({report['reference']['num_images']} images)"),
+        (
+            "reference",
+            f"{report['reference']['data']} {report['reference']['split']} "
+            f"({report['reference']['num_images']} images)",
+        ),
         ("features", report["feature_extractor"]["name"]),
         ("FID", f"{m['fid']:.3f}"),
         ("KID", f"{m['kid']:.5f} ± {m['kid_std']:.5f}"),
@@ -173,9 +212,19 @@ def format_table(report: dict[str, Any]) -> str:
         ("recall", f"{m['recall']:.3f}"),
     ]
     if m.get("bits_per_dim") is not None:
-        rows.append(("bits/dim", f"{m['bits_per_dim']:.4f} ± {m['bits_per_dim_stderr']:.4f} "
-                                 f"({report['bits_per_dim']['num_images']} images)"))
-    rows.append(("time", f"sampling {report['timing']['sampling_s']:.1f} s, total {report['timing']['total_s']:.1f} s"))
+        rows.append(
+            (
+                "bits/dim",
+                f"{m['bits_per_dim']:.4f} ± {m['bits_per_dim_stderr']:.4f} "
+                f"({report['bits_per_dim']['num_images']} images)",
+            )
+        )
+    rows.append(
+        (
+            "time",
+            f"sampling {report['timing']['sampling_s']:.1f} s, total {report['timing']['total_s']:.1f} s",
+        )
+    )
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
 
@@ -215,7 +264,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_fid_sample_size(args.num_samples, feature_dim, args.allow_small_sample)
     except ValueError as err:
-        raise ValueError(f"--num-samples {args.num_samples} is too small for a FID in this feature space: {err}") from err
+        raise ValueError(
+            f"--num-samples {args.num_samples} is too small for a FID in this feature space: {err}"
+        ) from err
     channels, size = _model_geometry(pipe)
     reference = load_reference(args.data, split=args.split, resolution=size, channels=channels, root=args.data_root)
     if args.num_reference is not None:
@@ -229,15 +280,32 @@ def run(args: argparse.Namespace) -> int:
     real = features_of(reference.unit_range(), extractor)
     real_stats = FeatureStatistics.from_features(real, allow_small_sample=args.allow_small_sample)
     batches = math.ceil(args.num_samples / args.batch_size)
-    bar = tqdm(total=None if plan.nfe is None else plan.nfe * batches, unit="call", disable=args.no_progress,
-               desc=f"sampling ({args.sampler})")
-    samples = draw_samples(pipe, args.sampler, args.num_samples, nfe=args.nfe, tolerance=args.tolerance,
-                           batch_size=args.batch_size, seed=args.seed, on_model_call=lambda: bar.update(1))
+    bar = tqdm(
+        total=None if plan.nfe is None else plan.nfe * batches,
+        unit="call",
+        disable=args.no_progress,
+        desc=f"sampling ({args.sampler})",
+    )
+    samples = draw_samples(
+        pipe,
+        args.sampler,
+        args.num_samples,
+        nfe=args.nfe,
+        tolerance=args.tolerance,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        on_model_call=lambda: bar.update(1),
+    )
     bar.close()
     t_features = time.perf_counter()
     fake = features_of(samples.images, extractor)
     metrics: dict[str, Any] = sample_quality(
-        fake, real, real_statistics=real_stats, kid_subsets=args.kid_subsets, pr_k=args.pr_k, seed=args.seed,
+        fake,
+        real,
+        real_statistics=real_stats,
+        kid_subsets=args.kid_subsets,
+        pr_k=args.pr_k,
+        seed=args.seed,
         allow_small_sample=args.allow_small_sample,
     )
     features_s = time.perf_counter() - t_features
@@ -249,8 +317,16 @@ def run(args: argparse.Namespace) -> int:
             bpd_bar.update(done - bpd_bar.n)
             bpd_bar.set_postfix(bpd=f"{mean:.4f}")
 
-        bpd = heldout_bits_per_dim(pipe, reference, num_images=args.bpd_images, batch_size=args.bpd_batch_size,
-                                   rtol=args.bpd_rtol, atol=args.bpd_atol, seed=args.seed, on_batch=on_batch)
+        bpd = heldout_bits_per_dim(
+            pipe,
+            reference,
+            num_images=args.bpd_images,
+            batch_size=args.bpd_batch_size,
+            rtol=args.bpd_rtol,
+            atol=args.bpd_atol,
+            seed=args.seed,
+            on_batch=on_batch,
+        )
         bpd_bar.close()
     metrics["bits_per_dim"] = bpd["bits_per_dim"] if bpd else None
     metrics["bits_per_dim_stderr"] = bpd["bits_per_dim_stderr"] if bpd else None
@@ -284,18 +360,24 @@ def run(args: argparse.Namespace) -> int:
         "sampler_settings": samples.settings,
         "reference": {**reference.info, "description": reference.description},
         "feature_extractor": {
-            "name": extractor_name, "feature_dim": feature_dim,
-            "input": "8-bit quantized, then resized bilinearly to the extractor's input size (same path for both sets)",
+            "name": extractor_name,
+            "feature_dim": feature_dim,
+            "input": "8-bit quantized, resized bilinearly to the extractor's input size (same path for both sets)",
         },
         "bits_per_dim": bpd,
         "timing": {
-            "sampling_s": samples.seconds, "features_and_metrics_s": features_s,
-            "bits_per_dim_s": bpd["seconds"] if bpd else 0.0, "total_s": time.perf_counter() - start,
+            "sampling_s": samples.seconds,
+            "features_and_metrics_s": features_s,
+            "bits_per_dim_s": bpd["seconds"] if bpd else 0.0,
+            "total_s": time.perf_counter() - start,
             "seconds_per_model_call": samples.seconds / max(samples.model_calls, 1),
         },
         "environment": {
-            "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.machine(), "date": datetime.date.today().isoformat(),
+            "device": str(device),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+            "date": datetime.date.today().isoformat(),
         },
     }
     report["timing"]["total_s"] = time.perf_counter() - start

@@ -18,13 +18,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_common_arguments(parser, default_prefix="inpainted")
     parser.add_argument("--image", required=True, help="image file to complete (the model's size and channels)")
     parser.add_argument("--mask", required=True, help="mask file: white = repaint, black = keep")
-    parser.add_argument("--mask-threshold", type=float, default=None,
-                        help="binarise a soft mask: repaint where mask >= threshold (in [0, 1])")
-    parser.add_argument("--method", default="guidance", choices=["replacement", "guidance", "guidance+replacement"],
-                        help="conditioning: the paper's replacement, or Tweedie likelihood guidance (default)")
+    parser.add_argument(
+        "--mask-threshold",
+        type=float,
+        default=None,
+        help="binarise a soft mask: repaint where mask >= threshold (in [0, 1])",
+    )
+    parser.add_argument(
+        "--method",
+        default="guidance",
+        choices=["replacement", "guidance", "guidance+replacement"],
+        help="conditioning: the paper's replacement, or Tweedie likelihood guidance (default)",
+    )
     parser.add_argument("--guidance-scale", type=float, default=1.0)
-    parser.add_argument("--guidance-variance", default="jacobian",
-                        help="'jacobian' (estimated from the model, default) or a number: the data's per-pixel variance")
+    parser.add_argument(
+        "--guidance-variance",
+        default="jacobian",
+        help="'jacobian' (estimated from the model, default) or a number: the data's per-pixel variance",
+    )
 
 
 def _variance(text: str) -> float | str:
@@ -60,8 +71,14 @@ def run(args: argparse.Namespace) -> int:
     if mask.mode not in ("1", "L"):
         mask = mask.convert("L")
     images = generate(
-        pipe, args, image, mask, method=args.method, guidance_scale=args.guidance_scale,
-        guidance_variance=variance, mask_threshold=args.mask_threshold,
+        pipe,
+        args,
+        image,
+        mask,
+        method=args.method,
+        guidance_scale=args.guidance_scale,
+        guidance_variance=variance,
+        mask_threshold=args.mask_threshold,
     )
     write_images(args, images)
     return 0

@@ -49,12 +49,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-images", type=int, default=None, help="use the first N images (default: all)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--data-range", type=_pair, default=(-1.0, 1.0), help="the model's data range (default: -1,1)")
-    parser.add_argument("--num-levels", type=int, default=None,
-                        help="quantization levels of the raw data (default: 17 for digits, 256 otherwise)")
-    parser.add_argument("--offset-bits", type=float, default=None,
-                        help="override the bits/dim offset log2(num_levels / (hi - lo)); 0 = continuous bits")
-    parser.add_argument("--dequantize", action=argparse.BooleanOptionalAction, default=True,
-                        help="uniform dequantization (default: on)")
+    parser.add_argument(
+        "--num-levels",
+        type=int,
+        default=None,
+        help="quantization levels of the raw data (default: 17 for digits, 256 otherwise)",
+    )
+    parser.add_argument(
+        "--offset-bits",
+        type=float,
+        default=None,
+        help="override the bits/dim offset log2(num_levels / (hi - lo)); 0 = continuous bits",
+    )
+    parser.add_argument(
+        "--dequantize",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="uniform dequantization (default: on)",
+    )
     parser.add_argument("--num-dequant", type=int, default=1, help="dequantization draws averaged per image")
     parser.add_argument("--trace", default="rademacher", choices=["rademacher", "gaussian", "exact"])
     parser.add_argument("--num-probes", type=int, default=1)
@@ -62,11 +74,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rtol", type=float, default=1e-5)
     parser.add_argument("--atol", type=float, default=1e-5)
     parser.add_argument("--eps", type=float, default=1e-5, help="start time of the ODE")
-    parser.add_argument("--sde", default=None, choices=["ve", "vp", "subvp"],
-                        help="override the SDE type read from the scheduler config")
-    parser.add_argument("--prediction-type", default=None,
-                        choices=["epsilon", "v_prediction", "sample", "score"],
-                        help="override the prediction type read from the scheduler config")
+    parser.add_argument(
+        "--sde",
+        default=None,
+        choices=["ve", "vp", "subvp"],
+        help="override the SDE type read from the scheduler config",
+    )
+    parser.add_argument(
+        "--prediction-type",
+        default=None,
+        choices=["epsilon", "v_prediction", "sample", "score"],
+        help="override the prediction type read from the scheduler config",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="JSON report path (default: MODEL_DIR/likelihood.json)")
@@ -214,9 +233,21 @@ def run(args: argparse.Namespace) -> int:
     for i in range(0, len(images), args.batch_size):
         batch = images[i : i + args.batch_size].to(device=device, dtype=dtype)
         out = log_likelihood(
-            model, sde, batch, trace=args.trace, num_probes=args.num_probes, rtol=args.rtol, atol=args.atol,
-            eps=args.eps, method=args.method, dequantize=args.dequantize, num_dequant=args.num_dequant,
-            data_range=(lo, hi), num_levels=num_levels, offset_bits=args.offset_bits, generator=generator,
+            model,
+            sde,
+            batch,
+            trace=args.trace,
+            num_probes=args.num_probes,
+            rtol=args.rtol,
+            atol=args.atol,
+            eps=args.eps,
+            method=args.method,
+            dequantize=args.dequantize,
+            num_dequant=args.num_dequant,
+            data_range=(lo, hi),
+            num_levels=num_levels,
+            offset_bits=args.offset_bits,
+            generator=generator,
             prediction_type=prediction_type,
         )
         offset = out.offset_bits
@@ -242,9 +273,18 @@ def run(args: argparse.Namespace) -> int:
         "sde_config": sde.config,
         "prediction_type": prediction_type,
         "settings": {
-            "trace": args.trace, "num_probes": args.num_probes, "method": args.method, "rtol": args.rtol,
-            "atol": args.atol, "eps": args.eps, "dequantize": args.dequantize, "num_dequant": args.num_dequant,
-            "data_range": [lo, hi], "num_levels": num_levels, "batch_size": args.batch_size, "seed": args.seed,
+            "trace": args.trace,
+            "num_probes": args.num_probes,
+            "method": args.method,
+            "rtol": args.rtol,
+            "atol": args.atol,
+            "eps": args.eps,
+            "dequantize": args.dequantize,
+            "num_dequant": args.num_dequant,
+            "data_range": [lo, hi],
+            "num_levels": num_levels,
+            "batch_size": args.batch_size,
+            "seed": args.seed,
         },
         "nfe_per_batch": nfe,
         "seconds": elapsed,

@@ -48,22 +48,54 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_prefix: str) -
     parser.add_argument("--output-dir", required=True, help="folder for the PNG files (created if missing)")
     parser.add_argument("--prefix", default=default_prefix, help=f"file name prefix (default: {default_prefix})")
     parser.add_argument("--num-images", type=_positive_int, default=4, help="images to write (default: 4)")
-    parser.add_argument("--batch-size", type=_positive_int, default=None,
-                        help="images per pipeline call (default: all at once)")
-    parser.add_argument("--steps", type=_positive_int, default=1000,
-                        help="num_inference_steps: noise levels of the sampler (default: 1000)")
-    parser.add_argument("--scheduler", default=None,
-                        help="swap in another scheduler class built from the saved config, e.g. DDIMScheduler, "
-                             "VESDEScheduler, ProbabilityFlowScheduler (default: the saved one)")
-    parser.add_argument("--scheduler-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                        help="scheduler config override (JSON value), repeatable, e.g. snr=0.075 predictor=ancestral")
-    parser.add_argument("--sampler", default="scheduler", choices=["scheduler", "adaptive_ode", "adaptive_sde"],
-                        help="the scheduler's loop (default), or an adaptive solver that picks its own steps")
-    parser.add_argument("--sampler-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                        help="adaptive solver option (JSON value), repeatable, e.g. rtol=0.01 atol=0.001")
-    parser.add_argument("--class-labels", type=int, nargs="+", default=None,
-                        help="class of each image (one value: all images); needs a class-conditional model or a "
-                             "classifier in the pipeline")
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="images per pipeline call (default: all at once)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=1000,
+        help="num_inference_steps: noise levels of the sampler (default: 1000)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="swap in another scheduler class built from the saved config, e.g. DDIMScheduler, "
+        "VESDEScheduler, ProbabilityFlowScheduler (default: the saved one)",
+    )
+    parser.add_argument(
+        "--scheduler-option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="scheduler config override (JSON value), repeatable, e.g. snr=0.075 predictor=ancestral",
+    )
+    parser.add_argument(
+        "--sampler",
+        default="scheduler",
+        choices=["scheduler", "adaptive_ode", "adaptive_sde"],
+        help="the scheduler's loop (default), or an adaptive solver that picks its own steps",
+    )
+    parser.add_argument(
+        "--sampler-option",
+        type=_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="adaptive solver option (JSON value), repeatable, e.g. rtol=0.01 atol=0.001",
+    )
+    parser.add_argument(
+        "--class-labels",
+        type=int,
+        nargs="+",
+        default=None,
+        help="class of each image (one value: all images); needs a class-conditional model or a "
+        "classifier in the pipeline",
+    )
     parser.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; image i uses seed + i (default: 0)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -143,7 +175,7 @@ def sampler_kwargs(args: argparse.Namespace) -> dict:
 
 
 def generate(pipe: Any, args: argparse.Namespace, *inputs: Any, **kwargs: Any) -> list:
-    """Call ``pipe`` batch by batch (image i seeded with seed + i); bad arguments end the command with their message."""
+    """Call ``pipe`` batch by batch (image i seeded with seed + i); bad arguments end the command with a message."""
     images = []
     for indices in batches(args):
         try:

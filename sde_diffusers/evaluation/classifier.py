@@ -64,7 +64,9 @@ class FeatureClassifier(ModelMixin, ConfigMixin):
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
         channels = tuple(block_out_channels)
         if not channels or not all(isinstance(c, int) and c > 0 for c in channels):
-            raise ValueError(f"block_out_channels must be a non-empty tuple of positive ints, got {block_out_channels!r}")
+            raise ValueError(
+                f"block_out_channels must be a non-empty tuple of positive ints, got {block_out_channels!r}"
+            )
         if sample_size % (2 ** (len(channels) - 1)) != 0:
             raise ValueError(
                 f"sample_size={sample_size} must be divisible by 2**(len(block_out_channels) - 1) = "
@@ -79,7 +81,11 @@ class FeatureClassifier(ModelMixin, ConfigMixin):
             if i > 0:
                 layers.append(nn.MaxPool2d(2))
             for _ in range(layers_per_block):
-                layers += [nn.Conv2d(prev, ch, 3, padding=1, bias=False), nn.BatchNorm2d(ch), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(prev, ch, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(ch),
+                    nn.ReLU(inplace=True),
+                ]
                 prev = ch
         self.trunk = nn.Sequential(*layers)
         self.embed = nn.Linear(prev, feature_dim)

@@ -224,9 +224,7 @@ def gaussian_frechet_distance(mean1: ArrayLike, cov1: ArrayLike, mean2: ArrayLik
     s1 = FeatureStatistics(mean=_to_numpy(mean1), cov=_to_numpy(cov1))
     s2 = FeatureStatistics(mean=_to_numpy(mean2), cov=_to_numpy(cov2))
     if s1.feature_dim != s2.feature_dim:
-        raise ValueError(
-            f"the two Gaussians have different dimensions: {s1.feature_dim} vs {s2.feature_dim}"
-        )
+        raise ValueError(f"the two Gaussians have different dimensions: {s1.feature_dim} vs {s2.feature_dim}")
     diff = s1.mean - s2.mean
     root1 = _psd_sqrt(s1.cov)
     middle = root1 @ s2.cov @ root1
@@ -434,9 +432,7 @@ def _coverage(queries: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
     return inside / queries.shape[0]
 
 
-def precision_recall(
-    real: ArrayLike, fake: ArrayLike, k: int = 3, batch_size: int = 1024
-) -> PrecisionRecallOutput:
+def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3, batch_size: int = 1024) -> PrecisionRecallOutput:
     """Improved precision and recall (Kynkäänniemi et al. 2019).
 
     Each set's manifold is the union of balls around its samples, with radius the distance to the sample's

@@ -142,15 +142,22 @@ def load_reference(
                 arrays.append(preprocess_image(im, resolution, image_mode=mode or own))
         shapes = {a.shape for a in arrays}
         if len(shapes) != 1:
-            raise ValueError(f"the images under {str(folder)!r} have different sizes {sorted(shapes)[:4]}; "
-                             "pass the model's resolution")
+            raise ValueError(
+                f"the images under {str(folder)!r} have different sizes {sorted(shapes)[:4]}; "
+                "pass the model's resolution"
+            )
         images = torch.from_numpy(np.stack(arrays))
         description = f"image folder {folder.name} ({len(images)} images)"
         split = "all"
     native_digits = data == "digits" and tuple(images.shape[-2:]) == (8, 8)
-    info = {"data": data if data in BUILTIN_DATASETS else Path(data).name, "split": split,
-            "num_images": len(images), "resolution": list(images.shape[-2:]), "channels": int(images.shape[1]),
-            "preprocessing": "bicubic resize to the model resolution, 8-bit (the trainer's preprocessing)"}
+    info = {
+        "data": data if data in BUILTIN_DATASETS else Path(data).name,
+        "split": split,
+        "num_images": len(images),
+        "resolution": list(images.shape[-2:]),
+        "channels": int(images.shape[1]),
+        "preprocessing": "bicubic resize to the model resolution, 8-bit (the trainer's preprocessing)",
+    }
     return ReferenceSet(images=images, num_levels=17 if native_digits else 256, description=description, info=info)
 
 
@@ -232,8 +239,13 @@ def sample_quality(
     real_pr = real[np.sort(rng.choice(len(real), n, replace=False))] if len(real) > n else real
     fake_pr = fake[np.sort(rng.choice(len(fake), n, replace=False))] if len(fake) > n else fake
     pr = precision_recall(real_pr, fake_pr, k=pr_k)
-    return {"fid": float(fid), "kid": float(kid.mean), "kid_std": float(kid.std),
-            "precision": float(pr.precision), "recall": float(pr.recall)}
+    return {
+        "fid": float(fid),
+        "kid": float(kid.mean),
+        "kid_std": float(kid.std),
+        "precision": float(pr.precision),
+        "recall": float(pr.recall),
+    }
 
 
 def heldout_bits_per_dim(
@@ -282,10 +294,18 @@ def heldout_bits_per_dim(
     values, nfes, offset = [], [], None
     start = time.perf_counter()
     for first in range(0, num_images, batch_size):
-        batch = images[first:first + batch_size].to(device=device, dtype=dtype)
+        batch = images[first : first + batch_size].to(device=device, dtype=dtype)
         out = log_likelihood(
-            pipe.unet, view.sde, batch, prediction_type=view.prediction_type, rtol=rtol, atol=atol,
-            dequantize=True, data_range=(-1.0, 1.0), num_levels=reference.num_levels, generator=generator,
+            pipe.unet,
+            view.sde,
+            batch,
+            prediction_type=view.prediction_type,
+            rtol=rtol,
+            atol=atol,
+            dequantize=True,
+            data_range=(-1.0, 1.0),
+            num_levels=reference.num_levels,
+            generator=generator,
         )
         values.append(out.bits_per_dim.double().cpu())
         nfes.append(out.nfe)
@@ -295,9 +315,21 @@ def heldout_bits_per_dim(
     bpd = torch.cat(values)
     stderr = float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
     return {
-        "bits_per_dim": float(bpd.mean()), "bits_per_dim_stderr": stderr, "num_images": len(bpd),
-        "nfe": float(np.mean(nfes)), "offset_bits": offset, "num_levels": reference.num_levels,
+        "bits_per_dim": float(bpd.mean()),
+        "bits_per_dim_stderr": stderr,
+        "num_images": len(bpd),
+        "nfe": float(np.mean(nfes)),
+        "offset_bits": offset,
+        "num_levels": reference.num_levels,
         "seconds": time.perf_counter() - start,
-        "settings": {"trace": "rademacher", "method": "dopri5", "rtol": rtol, "atol": atol, "eps": 1e-5,
-                     "dequantize": True, "batch_size": batch_size, "seed": seed},
+        "settings": {
+            "trace": "rademacher",
+            "method": "dopri5",
+            "rtol": rtol,
+            "atol": atol,
+            "eps": 1e-5,
+            "dequantize": True,
+            "batch_size": batch_size,
+            "seed": seed,
+        },
     }

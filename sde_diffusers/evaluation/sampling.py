@@ -2,8 +2,8 @@
 
 Each entry of :data:`SAMPLERS` only *configures* the library; no sampling maths lives here:
 
-* ``pc``, ``pc_ancestral``, ``reverse_diffusion``, ``euler_maruyama``, ``ancestral``, ``corrector_only``: our predictor–corrector
-  schedulers (:class:`~sde_diffusers.VESDEScheduler`, :class:`~sde_diffusers.VPSDEScheduler`,
+* ``pc``, ``pc_ancestral``, ``reverse_diffusion``, ``euler_maruyama``, ``ancestral``, ``corrector_only``: our
+  predictor–corrector schedulers (:class:`~sde_diffusers.VESDEScheduler`, :class:`~sde_diffusers.VPSDEScheduler`,
   :class:`~sde_diffusers.SubVPSDEScheduler`) rebuilt with ``from_config`` from the pipeline's own scheduler, with
   the predictor/corrector swapped, and run by :class:`~sde_diffusers.ScoreSdePipeline`.
 * ``ddim``, ``dpm_solver``: Diffusers' ``DDIMScheduler`` and ``DPMSolverMultistepScheduler`` built with
@@ -115,7 +115,11 @@ class SamplerInfo:
 
 def _pc(name: str, description: str, predictor: str, corrector: str, nfe_per_step: int = 1) -> SamplerInfo:
     return SamplerInfo(
-        name, description, "pc", nfe_per_step=nfe_per_step, default_nfe=1000 * nfe_per_step,
+        name,
+        description,
+        "pc",
+        nfe_per_step=nfe_per_step,
+        default_nfe=1000 * nfe_per_step,
         options={"predictor": predictor, "corrector": corrector, "n_corrector_steps": 1},
     )
 
@@ -124,28 +128,80 @@ def _pc(name: str, description: str, predictor: str, corrector: str, nfe_per_ste
 SAMPLERS: dict[str, SamplerInfo] = {
     s.name: s
     for s in [
-        _pc("pc", "PC: reverse-diffusion predictor + 1 Langevin corrector step (snr from the scheduler config)",
-            "reverse_diffusion", "langevin", nfe_per_step=2),
-        _pc("pc_ancestral", "PC: ancestral predictor + 1 Langevin corrector step", "ancestral", "langevin",
-            nfe_per_step=2),
-        _pc("reverse_diffusion", "predictor only: reverse diffusion (PC without corrector)", "reverse_diffusion", "none"),
+        _pc(
+            "pc",
+            "PC: reverse-diffusion predictor + 1 Langevin corrector step (snr from the scheduler config)",
+            "reverse_diffusion",
+            "langevin",
+            nfe_per_step=2,
+        ),
+        _pc(
+            "pc_ancestral",
+            "PC: ancestral predictor + 1 Langevin corrector step",
+            "ancestral",
+            "langevin",
+            nfe_per_step=2,
+        ),
+        _pc(
+            "reverse_diffusion",
+            "predictor only: reverse diffusion (PC without corrector)",
+            "reverse_diffusion",
+            "none",
+        ),
         _pc("euler_maruyama", "predictor only: Euler-Maruyama on the reverse SDE", "euler_maruyama", "none"),
         _pc("ancestral", "predictor only: ancestral sampling (SMLD / DDPM chains)", "ancestral", "none"),
-        _pc("corrector_only", "corrector only: Langevin MCMC at each noise level (the paper's C2000)", "none",
-            "langevin"),
-        SamplerInfo("ddim", "Diffusers DDIMScheduler (eta=0) swapped in via from_config", "diffusers", ("vp",),
-                    default_nfe=50, options={"scheduler": "DDIMScheduler"}),
-        SamplerInfo("dpm_solver", "Diffusers DPMSolverMultistepScheduler (2nd order, dpmsolver++) via from_config",
-                    "diffusers", ("vp",), default_nfe=20, options={"scheduler": "DPMSolverMultistepScheduler"}),
-        SamplerInfo("ode_euler", "probability-flow ODE, Euler steps in sigma (DDIM / EDM Euler), Karras spacing, "
-                    "Tweedie end", "ode", default_nfe=100, options={"solver": "euler", "spacing": "karras", "eps": 1e-3}),
-        SamplerInfo("ode_heun", "probability-flow ODE, Heun steps in sigma (EDM), Karras spacing, Tweedie end", "ode",
-                    nfe_per_step=2, nfe_offset=-1, default_nfe=49,
-                    options={"solver": "heun", "spacing": "karras", "eps": 1e-3}),
-        SamplerInfo("ode_adaptive", "probability-flow ODE, adaptive Dormand-Prince RK45 (rtol = atol = tolerance)",
-                    "adaptive", default_tolerance=1e-3, options={"method": "dopri5", "eps": 1e-3, "denoise": True}),
-        SamplerInfo("adaptive_sde", "adaptive reverse-SDE solver 'Gotta Go Fast' (rtol = tolerance, atol 0.0078)",
-                    "adaptive", default_tolerance=1e-2, options={"atol": 0.0078, "eps": 1e-3, "denoise": True}),
+        _pc(
+            "corrector_only",
+            "corrector only: Langevin MCMC at each noise level (the paper's C2000)",
+            "none",
+            "langevin",
+        ),
+        SamplerInfo(
+            "ddim",
+            "Diffusers DDIMScheduler (eta=0) swapped in via from_config",
+            "diffusers",
+            ("vp",),
+            default_nfe=50,
+            options={"scheduler": "DDIMScheduler"},
+        ),
+        SamplerInfo(
+            "dpm_solver",
+            "Diffusers DPMSolverMultistepScheduler (2nd order, dpmsolver++) via from_config",
+            "diffusers",
+            ("vp",),
+            default_nfe=20,
+            options={"scheduler": "DPMSolverMultistepScheduler"},
+        ),
+        SamplerInfo(
+            "ode_euler",
+            "probability-flow ODE, Euler steps in sigma (DDIM / EDM Euler), Karras spacing, Tweedie end",
+            "ode",
+            default_nfe=100,
+            options={"solver": "euler", "spacing": "karras", "eps": 1e-3},
+        ),
+        SamplerInfo(
+            "ode_heun",
+            "probability-flow ODE, Heun steps in sigma (EDM), Karras spacing, Tweedie end",
+            "ode",
+            nfe_per_step=2,
+            nfe_offset=-1,
+            default_nfe=49,
+            options={"solver": "heun", "spacing": "karras", "eps": 1e-3},
+        ),
+        SamplerInfo(
+            "ode_adaptive",
+            "probability-flow ODE, adaptive Dormand-Prince RK45 (rtol = atol = tolerance)",
+            "adaptive",
+            default_tolerance=1e-3,
+            options={"method": "dopri5", "eps": 1e-3, "denoise": True},
+        ),
+        SamplerInfo(
+            "adaptive_sde",
+            "adaptive reverse-SDE solver 'Gotta Go Fast' (rtol = tolerance, atol 0.0078)",
+            "adaptive",
+            default_tolerance=1e-2,
+            options={"atol": 0.0078, "eps": 1e-3, "denoise": True},
+        ),
     ]
 }
 
@@ -230,7 +286,14 @@ def _scheduler_for(info: SamplerInfo, pipe: Any, kind: str) -> Any:
     if info.family == "diffusers":
         # Only the model's noise schedule and parameterisation carry over; the Diffusers scheduler keeps its own
         # defaults for everything else (and does not warn about our PC keys).
-        keys = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas", "prediction_type")
+        keys = (
+            "num_train_timesteps",
+            "beta_start",
+            "beta_end",
+            "beta_schedule",
+            "trained_betas",
+            "prediction_type",
+        )
         return getattr(diffusers, info.options["scheduler"]).from_config({k: config[k] for k in keys if k in config})
     cls = {"ve": VESDEScheduler, "vp": VPSDEScheduler, "subvp": SubVPSDEScheduler}[kind]
     return cls.from_config(config, **info.options)
@@ -410,7 +473,10 @@ def _build_runner(info: SamplerInfo, pipe: Any, sde: SDE, kind: str, steps: int 
 
         def run_pipeline(shape, generator, labels, device, dtype):
             out = sampling_pipe(
-                batch_size=shape[0], num_inference_steps=steps, generator=generator, output_type="pt",
+                batch_size=shape[0],
+                num_inference_steps=steps,
+                generator=generator,
+                output_type="pt",
                 class_labels=labels,
             )
             return out.images, out.nfe, float(out.nfe)

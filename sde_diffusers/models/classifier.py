@@ -252,7 +252,7 @@ class NoiseConditionalClassifier(ModelMixin, ConfigMixin):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> NoiseConditionalClassifier:
-        """Build a freshly initialised classifier from a named preset (``"classifier-cifar10"``, ``"classifier-tiny"``)."""
+        """A freshly initialised classifier from a named preset (``"classifier-cifar10"``, ``"classifier-tiny"``)."""
         from .presets import model_from_preset
 
         return model_from_preset(name, expected_class=cls, **overrides)

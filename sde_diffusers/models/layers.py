@@ -116,9 +116,7 @@ def fir_kernel_2d(kernel: Sequence[float], gain: float = 1.0) -> torch.Tensor:
     except (TypeError, ValueError):
         raise ValueError(f"fir_kernel must be a non-empty 1-D sequence of numbers, got {kernel!r}") from None
     if not taps or sum(taps) == 0:
-        raise ValueError(
-            f"fir_kernel must be a non-empty sequence of numbers with a non-zero sum, got {kernel!r}"
-        )
+        raise ValueError(f"fir_kernel must be a non-empty sequence of numbers with a non-zero sum, got {kernel!r}")
     # Validated in Python so that building a model on the meta device (for parameter counts) works.
     k = torch.tensor(taps, dtype=torch.float32)
     return torch.outer(k, k) * (gain / sum(taps) ** 2)
@@ -222,9 +220,7 @@ class Upsample(nn.Module):
         self.fir, self.with_conv = fir, with_conv
         self.conv: nn.Module | None = None
         if with_conv:
-            self.conv = (
-                FIRConv2d(in_ch, out_ch, up=True, fir_kernel=fir_kernel) if fir else conv3x3(in_ch, out_ch)
-            )
+            self.conv = FIRConv2d(in_ch, out_ch, up=True, fir_kernel=fir_kernel) if fir else conv3x3(in_ch, out_ch)
         if fir:
             self.register_buffer("fir_filter", fir_kernel_2d(fir_kernel), persistent=False)
 
@@ -296,9 +292,7 @@ def sinusoidal_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 
     """
     half = dim // 2
     denom = max(half - 1, 1)
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / denom
-    )
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / denom)
     args = timesteps.float()[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
     if dim % 2:
@@ -415,9 +409,7 @@ class AttentionBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
         h = self.norm(x)
-        q, k, v = (
-            proj(h).reshape(b, c, hgt * wid).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v)
-        )
+        q, k, v = (proj(h).reshape(b, c, hgt * wid).transpose(1, 2) for proj in (self.to_q, self.to_k, self.to_v))
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(c)) v
         h = self.to_out(out.transpose(1, 2).reshape(b, c, hgt, wid))
         return (x + h) / _SQRT2 if self.skip_rescale else x + h

@@ -159,14 +159,8 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
         in_channels = _positive_int("in_channels", in_channels)
         out_channels = in_channels if out_channels is None else _positive_int("out_channels", out_channels)
         nf = _positive_int("base_channels", base_channels)
-        if (
-            isinstance(channel_mult, (str, bytes))
-            or not isinstance(channel_mult, Sequence)
-            or not channel_mult
-        ):
-            raise ValueError(
-                f"channel_mult must be a non-empty sequence of positive integers, got {channel_mult!r}"
-            )
+        if isinstance(channel_mult, (str, bytes)) or not isinstance(channel_mult, Sequence) or not channel_mult:
+            raise ValueError(f"channel_mult must be a non-empty sequence of positive integers, got {channel_mult!r}")
         ch_mult = [_positive_int("channel_mult entries", m) for m in channel_mult]
         num_res_blocks = _positive_int("num_res_blocks", num_res_blocks)
         norm_num_groups = _positive_int("norm_num_groups", norm_num_groups)
@@ -199,9 +193,7 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
                 f"sample_size={sample_size}, channel_mult={tuple(ch_mult)})"
             )
         # GroupNorm must divide every width used, checked once with a message naming the culprit.
-        for width in {nf * m for m in ch_mult} | (
-            {2 * nf * m for m in ch_mult} if combine_method == "cat" else set()
-        ):
+        for width in {nf * m for m in ch_mult} | ({2 * nf * m for m in ch_mult} if combine_method == "cat" else set()):
             num_groups_for(width, norm_num_groups)
 
         self._resolutions = resolutions
@@ -222,9 +214,7 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
             self.fourier_proj = None
             embed_in = nf
         self.time_mlp = nn.Sequential(linear(embed_in, temb_dim), nn.SiLU(), linear(temb_dim, temb_dim))
-        self.class_embedding = (
-            nn.Embedding(num_class_embeds, temb_dim) if num_class_embeds is not None else None
-        )
+        self.class_embedding = nn.Embedding(num_class_embeds, temb_dim) if num_class_embeds is not None else None
 
         fir_kernel = tuple(float(k) for k in fir_kernel)
 
@@ -237,15 +227,11 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
                 max_groups=norm_num_groups,
             )
             if resblock_type == "biggan":
-                return ResnetBlockBigGAN(
-                    in_ch, out_ch, up=up, down=down, fir=fir, fir_kernel=fir_kernel, **common
-                )
+                return ResnetBlockBigGAN(in_ch, out_ch, up=up, down=down, fir=fir, fir_kernel=fir_kernel, **common)
             return ResnetBlockDDPM(in_ch, out_ch, **common)
 
         def attention(ch: int) -> nn.Module:
-            return AttentionBlock(
-                ch, skip_rescale=skip_rescale, init_scale=init_scale, max_groups=norm_num_groups
-            )
+            return AttentionBlock(ch, skip_rescale=skip_rescale, init_scale=init_scale, max_groups=norm_num_groups)
 
         # ---- encoder ----
         self.conv_in = conv3x3(in_channels, nf)
@@ -264,20 +250,14 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
                 if resblock_type == "biggan":
                     block.downsample = resnet(in_ch, down=True)
                 else:
-                    block.downsample = Downsample(
-                        in_ch, with_conv=resamp_with_conv, fir=fir, fir_kernel=fir_kernel
-                    )
+                    block.downsample = Downsample(in_ch, with_conv=resamp_with_conv, fir=fir, fir_kernel=fir_kernel)
                 if progressive_input == "input_skip":
-                    block.pyramid_down = Downsample(
-                        pyramid_ch, with_conv=False, fir=fir, fir_kernel=fir_kernel
-                    )
+                    block.pyramid_down = Downsample(pyramid_ch, with_conv=False, fir=fir, fir_kernel=fir_kernel)
                     block.combine = Combine(pyramid_ch, in_ch, method=combine_method)
                     if combine_method == "cat":
                         in_ch *= 2
                 elif progressive_input == "residual":
-                    block.pyramid_down = Downsample(
-                        pyramid_ch, in_ch, with_conv=True, fir=fir, fir_kernel=fir_kernel
-                    )
+                    block.pyramid_down = Downsample(pyramid_ch, in_ch, with_conv=True, fir=fir, fir_kernel=fir_kernel)
                     pyramid_ch = in_ch
                 skip_channels.append(in_ch)
             self.down_levels.append(block)
@@ -313,17 +293,13 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
                     block.pyramid_norm = group_norm(in_ch, norm_num_groups)
                     block.pyramid_conv = conv3x3(in_ch, out_channels, init_scale=init_scale)
                 else:
-                    block.pyramid_up = Upsample(
-                        pyramid_ch, in_ch, with_conv=True, fir=fir, fir_kernel=fir_kernel
-                    )
+                    block.pyramid_up = Upsample(pyramid_ch, in_ch, with_conv=True, fir=fir, fir_kernel=fir_kernel)
                     pyramid_ch = in_ch
             if level != 0:
                 if resblock_type == "biggan":
                     block.upsample = resnet(in_ch, up=True)
                 else:
-                    block.upsample = Upsample(
-                        in_ch, with_conv=resamp_with_conv, fir=fir, fir_kernel=fir_kernel
-                    )
+                    block.upsample = Upsample(in_ch, with_conv=resamp_with_conv, fir=fir, fir_kernel=fir_kernel)
             self.up_levels.append(block)
         if skip_channels:
             raise RuntimeError("internal error: unused skip connections")  # pragma: no cover
@@ -434,9 +410,7 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
                 if block.pyramid_up is None:  # lowest resolution: start the pyramid
                     out_pyramid = block.pyramid_conv(F.silu(block.pyramid_norm(h)))
                 elif self._progressive == "output_skip":
-                    out_pyramid = block.pyramid_up(out_pyramid) + block.pyramid_conv(
-                        F.silu(block.pyramid_norm(h))
-                    )
+                    out_pyramid = block.pyramid_up(out_pyramid) + block.pyramid_conv(F.silu(block.pyramid_norm(h)))
                 else:
                     out_pyramid = block.pyramid_up(out_pyramid) + h
                     out_pyramid = out_pyramid / math.sqrt(2.0) if self._skip_rescale else out_pyramid
@@ -605,6 +579,4 @@ class DDPMppModel(_ScoreUNet):
         num_class_embeds: int | None = None,
     ) -> None:
         super().__init__()
-        self._build(
-            fourier_scale=0.0, **{k: v for k, v in locals().items() if k not in ("self", "__class__")}
-        )
+        self._build(fourier_scale=0.0, **{k: v for k, v in locals().items() if k not in ("self", "__class__")})

@@ -63,9 +63,7 @@ _CIFAR = dict(
     progressive="none",
     progressive_combine="sum",
 )
-_NCSNPP_CIFAR = dict(
-    _CIFAR, fir=True, fir_kernel=(1, 3, 3, 1), progressive_input="residual", fourier_scale=16.0
-)
+_NCSNPP_CIFAR = dict(_CIFAR, fir=True, fir_kernel=(1, 3, 3, 1), progressive_input="residual", fourier_scale=16.0)
 _DDPMPP_CIFAR = dict(_CIFAR, fir=False, progressive_input="none")
 # Tiny: grayscale 16x16 (also fine at 8, 28 or 32 px via overrides), ~80k parameters, for tests.
 _TINY = dict(

@@ -11,7 +11,8 @@ accepted step), the step is accepted when ``rms(E / delta) <= 1``, and the state
 (extrapolation). Either way the next step size is ``min(t - eps, safety * h * rms(E / delta)^(-exponent))``.
 Every sample has its own time, step size and acceptance, and the whole loop runs on the device (masks, no
 host reads per step; on CUDA the "all finished" flag is read one step late, which costs two discarded
-evaluations per solve, see :mod:`sde_diffusers.sampling.ode`). A final Tweedie denoising step is optional (on by default, as in the paper).
+evaluations per solve, see :mod:`sde_diffusers.sampling.ode`). A final Tweedie denoising step is optional (on by
+default, as in the paper).
 
 Defaults follow the paper for data in ``[-1, 1]``: ``atol = 0.0078``, ``rtol = 0.01`` (the authors' repository
 default; 0.05 is their faster setting), ``h_init = 0.01``, ``safety = 0.9``, ``exponent = 0.9``, ``eps = 1e-3``.
@@ -174,7 +175,17 @@ def sample_adaptive_sde(
     for _ in range(max_steps):
         active = t > eps
         x, x_prev, t, h, _ = adaptive_sde_step(
-            sde, score_fn, x, x_prev, t, h, eps=eps, rtol=rtol, atol=atol, safety=safety, exponent=exponent,
+            sde,
+            score_fn,
+            x,
+            x_prev,
+            t,
+            h,
+            eps=eps,
+            rtol=rtol,
+            atol=atol,
+            safety=safety,
+            exponent=exponent,
             generator=generator,
         )
         nfe += 2

@@ -129,7 +129,11 @@ _BOSH3 = _Tableau(
 _EULER = _Tableau(c=(0.0,), a=((),), b=(1.0,), e=None, error_order=1)
 _HEUN = _Tableau(c=(0.0, 1.0), a=((), (1.0,)), b=(0.5, 0.5), e=None, error_order=2)
 _RK4 = _Tableau(
-    c=(0.0, 0.5, 0.5, 1.0), a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)), b=(1 / 6, 1 / 3, 1 / 3, 1 / 6), e=None, error_order=4
+    c=(0.0, 0.5, 0.5, 1.0),
+    a=((), (0.5,), (0.0, 0.5), (0.0, 0.0, 1.0)),
+    b=(1 / 6, 1 / 3, 1 / 3, 1 / 6),
+    e=None,
+    error_order=4,
 )
 
 ADAPTIVE_METHODS = {"dopri5": _DOPRI5, "rk45": _DOPRI5, "bosh3": _BOSH3, "rk23": _BOSH3}
@@ -162,9 +166,7 @@ def _check_method(method: object) -> str:
             raise ValueError(f"unknown torchdiffeq method {name!r}; torchdiffeq offers {sorted(SOLVERS)}")
         return method
     if method not in ADAPTIVE_METHODS and method not in FIXED_METHODS:
-        raise ValueError(
-            f"method must be one of {ODE_METHODS} or 'torchdiffeq:<name>', got {method!r}"
-        )
+        raise ValueError(f"method must be one of {ODE_METHODS} or 'torchdiffeq:<name>', got {method!r}")
     return method
 
 
@@ -294,12 +296,23 @@ def odeint(
         return _odeint_torchdiffeq(func, y0, float(t0), float(t1), method.split(":", 1)[1], rtol, atol)
     if method in FIXED_METHODS:
         if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-            raise ValueError(f"method {method!r} is fixed-step: num_steps must be a positive integer, got {num_steps!r}")
+            raise ValueError(
+                f"method {method!r} is fixed-step: num_steps must be a positive integer, got {num_steps!r}"
+            )
         return _odeint_fixed(func, y0, float(t0), float(t1), FIXED_METHODS[method], num_steps)
     if num_steps is not None:
         raise ValueError(f"num_steps is only for the fixed-step methods {tuple(FIXED_METHODS)}, not {method!r}")
     return _odeint_adaptive(
-        func, y0, float(t0), float(t1), ADAPTIVE_METHODS[method], rtol, atol, step_control == "batch", first_step, max_steps
+        func,
+        y0,
+        float(t0),
+        float(t1),
+        ADAPTIVE_METHODS[method],
+        rtol,
+        atol,
+        step_control == "batch",
+        first_step,
+        max_steps,
     )
 
 
@@ -433,7 +446,11 @@ def _odeint_adaptive(func, y0, t0, t1, tab: _Tableau, rtol, atol, batch, first_s
         t = torch.where(accept, torch.where(last, t_end, t + hs), t)
         k1 = torch.where(broadcast_to(accept, y), ks[-1], k1)
         ratio64 = ratio.to(tdt)
-        factor = torch.where(ratio64 == 0, torch.full_like(ratio64, _MAX_FACTOR), _SAFETY * ratio64.clamp_min(1e-30) ** exponent)
+        factor = torch.where(
+            ratio64 == 0,
+            torch.full_like(ratio64, _MAX_FACTOR),
+            _SAFETY * ratio64.clamp_min(1e-30) ** exponent,
+        )
         grow = torch.where(rejected_before, factor.clamp(max=1.0), factor.clamp(max=_MAX_FACTOR))
         shrink = factor.clamp(min=_MIN_FACTOR, max=1.0)
         h = torch.where(accept, h_eff * grow, torch.where(reject, h_eff * shrink, h))
@@ -456,7 +473,9 @@ def _odeint_adaptive(func, y0, t0, t1, tab: _Tableau, rtol, atol, batch, first_s
         if ready is None or not ready[0]:
             if ready is not None:
                 _raise_on(ready, "odeint")
-            raise RuntimeError(f"odeint: not finished after max_steps={max_steps} steps; loosen rtol/atol or raise max_steps")
+            raise RuntimeError(
+                f"odeint: not finished after max_steps={max_steps} steps; loosen rtol/atol or raise max_steps"
+            )
     return ODESolution(y=y, nfe=nfe, nfe_per_sample=nfe_per, num_steps=n_acc, num_rejected=n_rej)
 
 
@@ -514,8 +533,15 @@ def solve_probability_flow(
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= sde.T:
             raise ValueError(f"{name} must lie in [0, {sde.T}], got {value!r}")
     sol = odeint(
-        probability_flow_fn(sde, score_fn), x, t_start, t_end,
-        method=method, rtol=rtol, atol=atol, step_control=step_control, num_steps=num_steps,
+        probability_flow_fn(sde, score_fn),
+        x,
+        t_start,
+        t_end,
+        method=method,
+        rtol=rtol,
+        atol=atol,
+        step_control=step_control,
+        num_steps=num_steps,
     )
     return SamplerOutput(sample=sol.y, nfe=sol.nfe, nfe_per_sample=sol.nfe_per_sample)
 

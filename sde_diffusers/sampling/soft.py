@@ -56,7 +56,8 @@ def _prepare(
     """Validate the inputs; return ``C x0_hat``, ``C' x0_hat`` and the two noise levels shaped like ``x``."""
     if not (callable(getattr(corruption, "blur", None)) and callable(getattr(corruption, "noise_std", None))):
         raise TypeError(
-            f"corruption must provide blur(x, t) and noise_std(t) (e.g. a CorruptionSchedule), got {type(corruption).__name__}"
+            "corruption must provide blur(x, t) and noise_std(t) (e.g. a CorruptionSchedule), "
+            f"got {type(corruption).__name__}"
         )
     check_state(x, t)
     check_state(x0_hat, t_next)

@@ -25,7 +25,12 @@ from .scheduling_sde_common import (
 
 __all__ = ["ProbabilityFlowScheduler"]
 
-_SDE_OF_CLASS = {"VESDEScheduler": "ve", "ScoreSdeVeScheduler": "ve", "SubVPSDEScheduler": "subvp", "VPSDEScheduler": "vp"}
+_SDE_OF_CLASS = {
+    "VESDEScheduler": "ve",
+    "ScoreSdeVeScheduler": "ve",
+    "SubVPSDEScheduler": "subvp",
+    "VPSDEScheduler": "vp",
+}
 
 
 class ProbabilityFlowScheduler(SDESchedulerMixin):
@@ -104,7 +109,11 @@ class ProbabilityFlowScheduler(SDESchedulerMixin):
         check_choice("spacing", spacing, ("uniform", "karras"))
         if not isinstance(rho, (int, float)) or isinstance(rho, bool) or not rho > 0:
             raise ValueError(f"rho must be a positive number, got {rho!r}")
-        if not isinstance(sampling_eps, (int, float)) or isinstance(sampling_eps, bool) or not 0 < sampling_eps < self.sde.T:
+        if (
+            not isinstance(sampling_eps, (int, float))
+            or isinstance(sampling_eps, bool)
+            or not 0 < sampling_eps < self.sde.T
+        ):
             raise ValueError(f"sampling_eps must lie in (0, {self.sde.T}), got {sampling_eps!r}")
         self.timesteps = torch.empty(0)
         self.num_inference_steps: int | None = None
@@ -118,7 +127,7 @@ class ProbabilityFlowScheduler(SDESchedulerMixin):
 
         ``VESDEScheduler``/``ScoreSdeVeScheduler`` configs give ``sde_type="ve"``, a saved ``SubVPSDEScheduler``
         config gives ``"subvp"`` (an in-memory ``scheduler.config`` has no class name and reads as VP: pass
-        ``sde_type="subvp"``); ``ScoreSdeVpScheduler``'s ``beta_min``/``beta_max`` become ``N beta_start``/``N beta_end``.
+        ``sde_type="subvp"``); ``ScoreSdeVpScheduler``'s ``beta_min``/``beta_max`` map to ``beta_start``/``beta_end``.
         """
         config = dict(config or {})
         explicit = set(config) - set(config.get("_use_default_values", []))

@@ -84,7 +84,7 @@ def check_choice(name: str, value: object, choices: tuple[str, ...] | list[str])
 def vp_sde_from_config(
     sde_cls: type[SDE], num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str
 ) -> SDE:
-    """Continuous VP/sub-VP SDE matching a DDPM beta schedule: ``beta_min = N beta_start``, ``beta_max = N beta_end``."""
+    """Continuous VP/sub-VP SDE of a DDPM beta schedule: ``beta_min = N beta_start``, ``beta_max = N beta_end``."""
     if beta_schedule != "linear":
         raise ValueError(
             f"beta_schedule must be 'linear' (the continuous VP SDE has a linear beta(t)), got {beta_schedule!r}"
@@ -238,7 +238,13 @@ class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
         return PREDICTORS[self.config.predictor](self.sde, score_fn, sample, t, num_steps=n, generator=generator)
 
     def _init_common(
-        self, prediction_type: str, sampling_eps: float, predictor: str, corrector: str, snr: float, n_corrector_steps: int
+        self,
+        prediction_type: str,
+        sampling_eps: float,
+        predictor: str,
+        corrector: str,
+        snr: float,
+        n_corrector_steps: int,
     ) -> None:
         """Validate the shared config before any work starts."""
         check_prediction_type(prediction_type)
@@ -303,4 +309,3 @@ class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
         if abs(expected - value) > 1e-5 * max(1.0, abs(expected)):
             raise ValueError(f"step() expected timestep {expected} (entry {index} of timesteps), got {value}")
         return index
-

@@ -124,7 +124,11 @@ class SoftDiffusionScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"prediction_type must be 'sample' (Soft Diffusion networks predict x_0), got {prediction_type!r}"
             )
-        if isinstance(clip_sample_range, bool) or not isinstance(clip_sample_range, (int, float)) or not clip_sample_range > 0:
+        if (
+            isinstance(clip_sample_range, bool)
+            or not isinstance(clip_sample_range, (int, float))
+            or not clip_sample_range > 0
+        ):
             raise ValueError(f"clip_sample_range must be a positive number, got {clip_sample_range!r}")
         size = tuple(image_size) if isinstance(image_size, (list, tuple)) else image_size
         if (blur_sigmas is None) != (noise_stds is None):
@@ -403,7 +407,9 @@ class SoftDiffusionScheduler(SchedulerMixin, ConfigMixin):
                 raise TypeError(f"{name} must be a floating-point torch.Tensor, got {type(value).__name__}")
         self.corruption.check_images(sample, "sample")
         if model_output.shape != sample.shape:
-            raise ValueError(f"model_output has shape {tuple(model_output.shape)} but sample has {tuple(sample.shape)}")
+            raise ValueError(
+                f"model_output has shape {tuple(model_output.shape)} but sample has {tuple(sample.shape)}"
+            )
         index = self._index(timestep)
         x0_hat = model_output.to(sample.dtype)
         if self.config.clip_sample:

@@ -50,7 +50,9 @@ class VESDEScheduler(SDESchedulerMixin):
         prediction_type: str = "score",
         denoise_final: bool = True,
     ) -> None:
-        self.sde = VESDE(sigma_min=sigma_min, sigma_max=sigma_max, N=check_int("num_train_timesteps", num_train_timesteps))
+        self.sde = VESDE(
+            sigma_min=sigma_min, sigma_max=sigma_max, N=check_int("num_train_timesteps", num_train_timesteps)
+        )
         self._init_common(prediction_type, sampling_eps, predictor, corrector, snr, n_corrector_steps)
 
     @classmethod
