@@ -1,30 +1,31 @@
 """Score-SDE pipelines: one sampling loop, conditioning added on top of it.
 
-Every pipeline of this package runs :meth:`ScoreSdePipelineBase._sample`, the single sampling loop: draw the prior,
-then for each entry of ``scheduler.timesteps`` call the network, let the conditioning modify the model output (as a
-score), call ``scheduler.step``, and let the conditioning modify the new sample (projection of known pixels). The
-pipelines differ only in the conditioning they hand to that loop:
+Every pipeline of this package runs :meth:`SamplingPipelineBase._sample` (inherited by
+:class:`ScoreSdePipelineBase` and the Soft Diffusion pipelines), the single sampling loop: draw the start, then for
+each entry of ``scheduler.timesteps`` call the network, let the conditioning modify the model output (as a score),
+call ``scheduler.step``, and let the conditioning modify the new sample (projection of known pixels). The pipelines
+differ only in the :class:`~sde_diffusers.pipelines.conditioning.Conditioning` they hand to that loop:
 
 * :class:`ScoreSdePipeline`: unconditional, or class-conditional either through a label-conditional network
   (``class_labels`` go to the UNet) or, as in Song et al. (2021, section 5), through a noise-conditional
   classifier whose gradient ``grad_x log p_t(y | x)`` is added to the score with ``classifier_scale``;
 * :class:`~sde_diffusers.pipelines.ScoreSdeInpaintPipeline` and
   :class:`~sde_diffusers.pipelines.ScoreSdeColorizationPipeline`: linear inverse problems (see
-  ``pipeline_score_sde_inverse.py``).
+  ``pipeline_score_sde_inverse.py``);
+* :class:`~sde_diffusers.pipelines.SoftDiffusionPipeline` and its inpainting pipeline (``pipeline_soft_diffusion.py``).
 
-Conditioning on the score works with every scheduler: the network output is turned into a score with
-:func:`~sde_diffusers.parameterization.model_output_to_score`, the extra term is added, and the sum is turned back
-into the scheduler's own parameterisation with :func:`~sde_diffusers.parameterization.score_to_model_output`. The
-forward process comes from ``scheduler.sde`` (our schedulers); for Diffusers' DDPM-family schedulers (DDIM,
+Conditioning on the score works with every scheduler that has an SDE: the network output is turned into a score
+with :func:`~sde_diffusers.parameterization.model_output_to_score`, the extra term is added, and the sum is turned
+back into the scheduler's own parameterisation with :func:`~sde_diffusers.parameterization.score_to_model_output`.
+The forward process comes from ``scheduler.sde`` (our schedulers); for Diffusers' DDPM-family schedulers (DDIM,
 DPM-Solver, ...) it is the continuous VP SDE of their beta schedule, so those swap in for VP models.
 
 Images are in ``[-1, 1]`` for the network, as in every Diffusers image pipeline; ``"np"``/``"pt"`` outputs (and
-inputs) are in ``[0, 1]``.
+inputs) are in ``[0, 1]``. Argument checks live in ``input_checks.py``, conditioning terms in ``conditioning.py``.
 """
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import inspect
 from collections.abc import Callable, Sequence
@@ -34,23 +35,32 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from sde_diffusers.parameterization import (
     check_prediction_type,
     model_output_to_score,
-    model_time,
     score_to_model_output,
 )
 from sde_diffusers.schedulers.scheduling_sde_common import vp_sde_from_config
 from sde_diffusers.sde import SDE, VESDE, VPSDE
+from sde_diffusers.validation import check_choice, check_int, check_number
 
+from .conditioning import ClassifierGuidance, Conditioning, ScoreTerm
+from .input_checks import (
+    OUTPUT_TYPES,
+    check_callback_inputs,
+    check_latents,
+    check_output_type,
+    class_label_tensor,
+    resolve_batch_size,
+)
 from .pipeline_utils import SDEDiffusionPipeline
 
 __all__ = [
     "ScoreSdePipelineOutput",
+    "SamplingPipelineBase",
     "ScoreSdePipelineBase",
     "ScoreSdePipeline",
     "SchedulerSDE",
@@ -72,7 +82,6 @@ except ImportError:  # torch < 2.3
         return torch.backends.cuda.sdp_kernel(enable_flash=False, enable_mem_efficient=False, enable_math=True)
 
 
-OUTPUT_TYPES = ("pil", "np", "pt")
 # "scheduler": the loop over `scheduler.timesteps`; the others: the adaptive solvers of `sde_diffusers.sampling`
 # (probability-flow ODE, RK45 by default; reverse SDE of Jolicoeur-Martineau et al. 2021) on the same score.
 SAMPLERS = ("scheduler", "adaptive_ode", "adaptive_sde")
@@ -179,283 +188,38 @@ class SchedulerSDE:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Conditioning
+# The one sampling loop and the output conversion
 # ---------------------------------------------------------------------------------------------------------
-class ScoreTerm(abc.ABC):
-    """A term added to the score during sampling: ``score + term(x, t, score, sde)``.
-
-    Subclasses implement :meth:`__call__`. With ``needs_model_graph = True`` the network runs with gradients
-    enabled and ``score`` keeps its graph to ``x`` (for terms that differentiate through the network, such as the
-    likelihood of an observation given Tweedie's denoised estimate); otherwise ``score`` is detached.
-    """
-
-    needs_model_graph: bool = False
-    #: Whether the term differentiates the network twice (double backward); see ``_conditional_score``.
-    needs_second_order: bool = False
-
-    @abc.abstractmethod
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor, sde: SDE) -> torch.Tensor:
-        """The term at ``(x, t)`` given the model's ``score`` there (shape of ``x``)."""
-
-
-class ClassifierGuidance(ScoreTerm):
-    """``scale * grad_x log p_t(y | x)`` from a noise-conditional classifier (Song et al., 2021, eq. 12 onward).
-
-    Args:
-        classifier: a model ``classifier(x, timestep)`` returning logits (``.logits``, a tuple, or a tensor) with an
-            optional ``time_input`` attribute (``"sigma"``, ``"index"`` or ``"t"``; ``"auto"`` if absent).
-        labels (`torch.Tensor`): target classes, shape ``(batch,)``.
-        scale (`float`): guidance scale (1 is Bayes' rule; larger sharpens the class).
-    """
-
-    def __init__(self, classifier: torch.nn.Module, labels: torch.Tensor, scale: float) -> None:
-        self.classifier, self.labels, self.scale = classifier, labels, scale
-
-    def __call__(self, x, t, score, sde):
-        timestep = model_time(sde, t, getattr(self.classifier, "time_input", "auto"))
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            out = self.classifier(x_in, timestep.to(x.dtype))
-            logits = getattr(out, "logits", out[0] if isinstance(out, (tuple, list)) else out)
-            log_probs = F.log_softmax(logits.float(), dim=-1)
-            selected = log_probs.gather(1, self.labels.long()[:, None]).sum()
-            (grad,) = torch.autograd.grad(selected, x_in)
-        return self.scale * grad.to(x.dtype)
-
-
-@dataclass
-class Conditioning:
-    """What a pipeline hands to the sampling loop.
-
-    Args:
-        class_labels (`torch.Tensor`, *optional*): labels for a label-conditional UNet, shape ``(batch,)``.
-        score_terms (`list[ScoreTerm]`): added to the model's score at every evaluation.
-        after_step (`Callable`, *optional*): ``after_step(sample, index, generator) -> sample`` applied to every
-            new sample (``index`` is the position in ``scheduler.timesteps`` of the step just taken).
-    """
-
-    class_labels: torch.Tensor | None = None
-    score_terms: list[ScoreTerm] | None = None
-    after_step: Callable[[torch.Tensor, int, Any], torch.Tensor] | None = None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Argument checks
-# ---------------------------------------------------------------------------------------------------------
-def _check_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _check_number(name: str, value: object, minimum: float | None = None) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float, np.floating, np.integer))
-        or not np.isfinite(value)
-    ):
-        raise ValueError(f"`{name}` must be a finite number, got {value!r}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"`{name}` must be >= {minimum}, got {value!r}.")
-    return float(value)
-
-
-def check_output_type(output_type: object) -> str:
-    """Return ``output_type`` if it is one of :data:`OUTPUT_TYPES`, else raise ``ValueError``."""
-    if output_type not in OUTPUT_TYPES:
-        raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-    return output_type  # type: ignore[return-value]
-
-
-def _generator_count(generator: object) -> int | None:
-    """Length of a generator list (``None`` for a single generator or none); raises on anything else."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return None
-    if isinstance(generator, list) and generator and all(isinstance(g, torch.Generator) for g in generator):
-        return len(generator)
-    raise TypeError(
-        f"`generator` must be a torch.Generator or a non-empty list of them, got {type(generator).__name__}."
-    )
-
-
-def resolve_batch_size(batch_size: object, generator: object, **counts: int | None) -> int:
-    """The batch size: ``batch_size`` if given, else the length shared by the per-sample inputs, else 1.
-
-    Args:
-        batch_size: the user's ``batch_size`` (``None`` = infer).
-        generator: a generator or a list of them (a list must have one per sample).
-        **counts: number of items of other per-sample inputs (``None`` when the input is absent or broadcast).
-
-    Raises:
-        ValueError: the counts disagree with each other or with ``batch_size``.
-    """
-    named = {name: n for name, n in counts.items() if n is not None}
-    n_gen = _generator_count(generator)
-    if n_gen is not None:
-        named["generator"] = n_gen
-    if batch_size is not None:
-        batch = _check_int("batch_size", batch_size)
-    elif named:
-        batch = next(iter(named.values()))
-    else:
-        batch = 1
-    for name, n in named.items():
-        if n != batch:
-            described = ", ".join(f"{k}: {v}" for k, v in named.items())
-            source = f"batch_size={batch}" if batch_size is not None else "the other per-sample inputs"
-            raise ValueError(
-                f"`{name}` has {n} entries but {source} asks for {batch} samples ({described}); pass one per sample."
-            )
-    return batch
-
-
-def _label_tensor(class_labels: object) -> torch.Tensor:
-    """Labels (an int, a sequence of ints, or an integer array/tensor) as a 1-D int64 tensor."""
-    if isinstance(class_labels, bool):
-        raise TypeError("`class_labels` must be integers, got a bool.")
-    if isinstance(class_labels, (int, np.integer)):
-        return torch.tensor([int(class_labels)])
-    if isinstance(class_labels, torch.Tensor):
-        labels = class_labels.detach().cpu()
-    elif isinstance(class_labels, np.ndarray):
-        labels = torch.from_numpy(class_labels)
-    elif isinstance(class_labels, Sequence) and not isinstance(class_labels, str):
-        if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in class_labels):
-            raise TypeError(f"`class_labels` must contain integers only, got {list(class_labels)!r}.")
-        labels = torch.tensor([int(v) for v in class_labels], dtype=torch.long)
-    else:
-        raise TypeError(
-            "`class_labels` must be an int, a list of ints or an integer tensor/array, "
-            f"got {type(class_labels).__name__}."
-        )
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise TypeError(f"`class_labels` must be integers, got dtype {labels.dtype}.")
-    if labels.dim() > 1:
-        raise ValueError(f"`class_labels` must be a scalar or 1-D, got shape {tuple(labels.shape)}.")
-    labels = labels.reshape(-1).long()
-    if labels.numel() == 0:
-        raise ValueError("`class_labels` is empty.")
-    return labels
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The shared base: components, checks, the sampling loop, output conversion
-# ---------------------------------------------------------------------------------------------------------
-class ScoreSdePipelineBase(SDEDiffusionPipeline):
+class SamplingPipelineBase(SDEDiffusionPipeline):
     r"""
-    Shared machinery of the score-SDE pipelines: the sampling loop, class conditioning and output conversion.
+    What every pipeline of this package shares: the one sampling loop, the checks of the loop's arguments and the
+    conversion of its result to ``"pil"`` / ``"np"`` / ``"pt"`` outputs.
 
-    Components:
-        unet ([`NCSNppModel`], [`DDPMppModel`], [`~diffusers.UNet2DModel`] or any model called as
-            ``unet(sample, timestep[, class_labels=...])``): the score network; its output is what
-            ``scheduler.config.prediction_type`` says (``"score"`` for NCSN++, ``"epsilon"`` for DDPM++).
-        scheduler: any of our SDE schedulers ([`VESDEScheduler`], [`VPSDEScheduler`], [`SubVPSDEScheduler`], the
-            probability-flow scheduler) or, for VP models, a Diffusers DDPM-family scheduler (DDIM, DPM-Solver, ...).
-        classifier ([`NoiseConditionalClassifier`], *optional*): a noise-conditional classifier for classifier
-            guidance, conditioned on the same timescale as the score network of its SDE.
+    Subclasses register a ``unet`` (called as ``unet(sample, timestep[, class_labels=...])``) and a ``scheduler``
+    (``set_timesteps``, ``timesteps``, ``scale_model_input``, ``step(...).prev_sample``), validate their own inputs,
+    build a :class:`~sde_diffusers.pipelines.conditioning.Conditioning` and call :meth:`_sample`.
     """
 
-    model_cpu_offload_seq = "classifier->unet"
-    _optional_components = ["classifier"]
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet: torch.nn.Module, scheduler: Any, classifier: torch.nn.Module | None = None) -> None:
-        super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, classifier=classifier)
-
     # ---- facts about the components ------------------------------------------------------------------
-    @property
-    def num_unet_classes(self) -> int | None:
-        """Number of classes of a label-conditional UNet (``None`` for an unconditional one)."""
-        n = getattr(self.unet.config, "num_class_embeds", None)
-        return int(n) if n else None
-
-    @property
-    def num_classifier_classes(self) -> int | None:
-        """Number of classes of the classifier (``None`` without one)."""
-        if self.classifier is None:
-            return None
-        n = getattr(self.classifier.config, "num_classes", None)
-        return int(n) if n else None
-
     def _sample_shape_from_config(self) -> tuple[int, int, int]:
         size = self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         return int(self.unet.config.in_channels), int(height), int(width)
 
-    # ---- checks shared by every pipeline -------------------------------------------------------------
-    def check_class_inputs(
-        self, class_labels: object, classifier_scale: object, batch_size: int | None
-    ) -> torch.Tensor | None:
-        """Validate ``class_labels`` against the UNet and classifier; return them as ``(n,)`` int64 or ``None``.
-
-        Raises:
-            ValueError / TypeError: labels for a model that cannot use them, missing labels for a label-conditional
-                UNet, labels out of range, or a bad ``classifier_scale``.
-        """
-        _check_number("classifier_scale", classifier_scale, 0.0)
-        n_unet, n_clf = self.num_unet_classes, self.num_classifier_classes
-        if class_labels is None:
-            if n_unet is not None:
-                raise ValueError(
-                    f"the UNet is class-conditional (num_class_embeds={n_unet}); pass `class_labels` "
-                    f"(integers in [0, {n_unet}))."
-                )
-            return None
-        if n_unet is None and self.classifier is None:
-            raise ValueError(
-                "`class_labels` were given but the UNet is unconditional (no num_class_embeds) and the pipeline has "
-                "no classifier; load a class-conditional UNet or pass `classifier=` to the pipeline."
-            )
-        labels = _label_tensor(class_labels)
-        limits = [n for n in (n_unet, n_clf) if n is not None]
-        if n_unet is not None and n_clf is not None and n_unet != n_clf:
-            raise ValueError(f"the UNet has {n_unet} classes but the classifier has {n_clf}; they must agree.")
-        n_classes = limits[0] if limits else None
-        if n_classes is not None and (labels.min() < 0 or labels.max() >= n_classes):
-            bad = labels[(labels < 0) | (labels >= n_classes)].tolist()
-            raise ValueError(f"`class_labels` must lie in [0, {n_classes}), got {bad}.")
-        return labels
-
-    @staticmethod
-    def _expand_labels(labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor | None:
-        if labels is None:
-            return None
-        return (labels.expand(batch) if labels.numel() == 1 else labels).to(device)
-
-    def check_common_inputs(
+    # ---- checks ------------------------------------------------------------------------------------------
+    def check_loop_inputs(
         self,
         num_inference_steps: object,
         output_type: object,
         callback_on_step_end: object,
         callback_on_step_end_tensor_inputs: object,
-        sampler: object = "scheduler",
-        sampler_options: object = None,
     ) -> None:
-        """Validate the arguments every pipeline takes."""
-        _check_int("num_inference_steps", num_inference_steps)
-        if sampler not in SAMPLERS:
-            raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {sampler!r}.")
-        if sampler_options is not None and not isinstance(sampler_options, dict):
-            raise TypeError(f"`sampler_options` must be a dict, got {type(sampler_options).__name__}.")
-        if sampler_options and sampler == "scheduler":
-            raise ValueError(
-                "`sampler_options` apply to the adaptive samplers; configure a scheduler with from_config."
-            )
+        """Validate the arguments of the sampling loop that every pipeline takes (before any work starts)."""
+        check_int("num_inference_steps", num_inference_steps)
         check_output_type(output_type)
-        if callback_on_step_end is not None and not callable(callback_on_step_end):
-            raise TypeError(f"`callback_on_step_end` must be callable, got {type(callback_on_step_end).__name__}.")
-        inputs = callback_on_step_end_tensor_inputs or []
-        bad = [k for k in inputs if k not in self._callback_tensor_inputs]
-        if bad:
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` may only contain {self._callback_tensor_inputs}, got {bad}."
-            )
-
-    def _classifier_terms(self, labels: torch.Tensor | None, scale: float) -> list[ScoreTerm]:
-        if labels is None or self.classifier is None or scale == 0:
-            return []
-        return [ClassifierGuidance(self.classifier, labels, scale)]
+        check_callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
 
     # ---- the one sampling loop -----------------------------------------------------------------------
     def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
@@ -481,33 +245,40 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
         return total.detach()
 
     def _model_output(
-        self, sample: torch.Tensor, timestep: torch.Tensor, view: SchedulerSDE, cond: Conditioning
+        self,
+        scheduler: Any,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        view: SchedulerSDE | None,
+        cond: Conditioning,
     ) -> torch.Tensor:
-        """The network output at ``(sample, timestep)`` with the conditioning's score terms folded in."""
-        model_input = self.scheduler.scale_model_input(sample, timestep)
-        if not cond.score_terms:
-            with torch.no_grad():
-                return self._network(model_input, timestep, cond)
-        t = view.continuous(timestep, model_input.shape[0], model_input)
-        score = self._conditional_score(model_input, t, timestep, view, cond)
-        return view.from_score(score, model_input, t)
-
-    def _step_kwargs(self, generator: object) -> dict:
-        accepted = set(inspect.signature(self.scheduler.step).parameters)
-        return {"generator": generator} if "generator" in accepted else {}
-
-    def _prior(
-        self, shape: tuple[int, ...], generator: Any, latents: torch.Tensor | None, scale: float
-    ) -> torch.Tensor:
-        device, dtype = self._execution_device, self.unet.dtype
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        """The network output at ``(sample, timestep)`` with the conditioning folded in."""
+        model_input = scheduler.scale_model_input(sample, timestep)
+        if cond.score_terms:
+            t = view.continuous(timestep, model_input.shape[0], model_input)
+            score = self._conditional_score(model_input, t, timestep, view, cond)
+            out = view.from_score(score, model_input, t)
         else:
-            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != tuple(shape):
-                got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
-                raise ValueError(f"`latents` must be a tensor of shape {tuple(shape)}, got {got}.")
-            latents = latents.to(device=device, dtype=dtype)
-        return latents * scale
+            with torch.no_grad():
+                out = self._network(model_input, timestep, cond)
+        return out if cond.after_model is None else cond.after_model(out)
+
+    def _initial_latents(
+        self, shape: tuple[int, ...], generator: Any, latents: torch.Tensor | None, scale: float, cond: Conditioning
+    ) -> torch.Tensor:
+        """The start: ``scale * latents`` if given, else ``cond.initial_sample``, else ``scale * N(0, I)``."""
+        device, dtype = self._execution_device, self.unet.dtype
+        if latents is not None:
+            check_latents(latents, shape)
+            return latents.to(device=device, dtype=dtype) * scale
+        if cond.initial_sample is not None:
+            return cond.initial_sample(shape, generator)
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype) * scale
+
+    @staticmethod
+    def _step_kwargs(scheduler: Any, generator: object) -> dict:
+        accepted = set(inspect.signature(scheduler.step).parameters)
+        return {"generator": generator} if "generator" in accepted else {}
 
     @torch.no_grad()
     def _sample(
@@ -522,15 +293,18 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         sampler: str = "scheduler",
         sampler_options: dict | None = None,
+        scheduler: Any = None,
     ) -> tuple[torch.Tensor, int]:
-        """Run the sampler from the prior to data; return the final sample (network range) and the NFE.
+        """Run the sampler from the start to data; return the final sample (network range) and the NFE.
 
-        With ``sampler="scheduler"`` this is the package's only sampling loop (over ``scheduler.timesteps``);
-        the adaptive solvers of :mod:`sde_diffusers.sampling` run their own step-size control on the same
-        conditional score.
+        With ``sampler="scheduler"`` this is the package's only sampling loop (over ``scheduler.timesteps``;
+        ``scheduler`` defaults to the pipeline's own); the adaptive solvers of :mod:`sde_diffusers.sampling` run
+        their own step-size control on the same conditional score.
         """
-        view = SchedulerSDE(self.scheduler)
-        if (cond.score_terms or cond.after_step is not None or sampler != "scheduler") and not view.available:
+        scheduler = self.scheduler if scheduler is None else scheduler
+        needs_sde = bool(cond.score_terms) or cond.after_step is not None or sampler != "scheduler"
+        view = SchedulerSDE(scheduler) if needs_sde else None
+        if view is not None and not view.available:
             view.sde  # noqa: B018 - raises the explanatory ValueError before any work
         if sampler != "scheduler":
             if cond.after_step is not None:
@@ -540,20 +314,21 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
                 )
             if callback_on_step_end is not None:
                 raise ValueError(f"`callback_on_step_end` needs the scheduler loop; sampler={sampler!r} has no steps.")
+            if cond.after_model is not None:
+                raise ValueError(f"sampler={sampler!r} cannot modify the network output; use the scheduler loop.")
             return self._sample_adaptive(shape, generator, cond, latents, view, sampler, sampler_options or {})
-        device = self._execution_device
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        timesteps = scheduler.timesteps
         # Our VE schedulers start from N(0, sigma_max^2), VP-type ones (and DDPM/DDIM) from N(0, 1).
-        latents = self._prior(shape, generator, latents, self.scheduler.init_noise_sigma)
-        step_kwargs = self._step_kwargs(generator)
+        latents = self._initial_latents(shape, generator, latents, scheduler.init_noise_sigma, cond)
+        step_kwargs = self._step_kwargs(scheduler, generator)
         self._num_timesteps = len(timesteps)
         nfe = 0
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
-                model_output = self._model_output(latents, t, view, cond)
+                model_output = self._model_output(scheduler, latents, t, view, cond)
                 nfe += 1
-                latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+                latents = scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
                 if cond.after_step is not None:
                     latents = cond.after_step(latents, i, generator)
                 if callback_on_step_end is not None:
@@ -573,7 +348,7 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
         solve = {"adaptive_ode": sample_probability_flow, "adaptive_sde": sample_adaptive_sde}[sampler]
         # The prior of the SDE: N(0, sigma_max^2) for VE, N(0, 1) for VP and sub-VP.
         prior_std = view.sde.sigma_max if isinstance(view.sde, VESDE) else 1.0
-        x = self._prior(shape, generator, latents, prior_std)
+        x = self._initial_latents(shape, generator, latents, prior_std, cond)
 
         def score_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self._conditional_score(x_t, t, view.model_timestep(t), view, cond)
@@ -586,16 +361,18 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
 
     # ---- output ----------------------------------------------------------------------------------------
     @staticmethod
-    def to_unit_range(x: torch.Tensor, clamp: bool = True) -> torch.Tensor:
-        """Network range ``[-1, 1]`` to ``[0, 1]`` (clamped unless ``clamp=False``)."""
-        lo, hi = DATA_RANGE
+    def to_unit_range(
+        x: torch.Tensor, clamp: bool = True, data_range: tuple[float, float] = DATA_RANGE
+    ) -> torch.Tensor:
+        """The network's ``data_range`` (``[-1, 1]`` by default) to ``[0, 1]`` (clamped unless ``clamp=False``)."""
+        lo, hi = data_range
         x = (x - lo) / (hi - lo)
         return x.clamp(0, 1) if clamp else x
 
     @staticmethod
-    def from_unit_range(x: torch.Tensor) -> torch.Tensor:
-        """``[0, 1]`` to the network range ``[-1, 1]``."""
-        lo, hi = DATA_RANGE
+    def from_unit_range(x: torch.Tensor, data_range: tuple[float, float] = DATA_RANGE) -> torch.Tensor:
+        """``[0, 1]`` to the network's ``data_range`` (``[-1, 1]`` by default)."""
+        lo, hi = data_range
         return x * (hi - lo) + lo
 
     def postprocess(self, images: torch.Tensor, output_type: str) -> list[PIL.Image.Image] | np.ndarray | torch.Tensor:
@@ -611,6 +388,114 @@ class ScoreSdePipelineBase(SDEDiffusionPipeline):
         if not return_dict:
             return (images,)
         return ScoreSdePipelineOutput(images=images, nfe=nfe)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The score-SDE base: components, class conditioning, the sampler choice
+# ---------------------------------------------------------------------------------------------------------
+class ScoreSdePipelineBase(SamplingPipelineBase):
+    r"""
+    Shared machinery of the score-SDE pipelines: the sampling loop (of [`SamplingPipelineBase`]), class conditioning
+    and the choice between the scheduler loop and the adaptive solvers.
+
+    Components:
+        unet ([`NCSNppModel`], [`DDPMppModel`], [`~diffusers.UNet2DModel`] or any model called as
+            ``unet(sample, timestep[, class_labels=...])``): the score network; its output is what
+            ``scheduler.config.prediction_type`` says (``"score"`` for NCSN++, ``"epsilon"`` for DDPM++).
+        scheduler: any of our SDE schedulers ([`VESDEScheduler`], [`VPSDEScheduler`], [`SubVPSDEScheduler`], the
+            probability-flow scheduler) or, for VP models, a Diffusers DDPM-family scheduler (DDIM, DPM-Solver, ...).
+        classifier ([`NoiseConditionalClassifier`], *optional*): a noise-conditional classifier for classifier
+            guidance, conditioned on the same timescale as the score network of its SDE.
+    """
+
+    model_cpu_offload_seq = "classifier->unet"
+    _optional_components = ["classifier"]
+
+    def __init__(self, unet: torch.nn.Module, scheduler: Any, classifier: torch.nn.Module | None = None) -> None:
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, classifier=classifier)
+
+    # ---- facts about the components ------------------------------------------------------------------
+    @property
+    def num_unet_classes(self) -> int | None:
+        """Number of classes of a label-conditional UNet (``None`` for an unconditional one)."""
+        n = getattr(self.unet.config, "num_class_embeds", None)
+        return int(n) if n else None
+
+    @property
+    def num_classifier_classes(self) -> int | None:
+        """Number of classes of the classifier (``None`` without one)."""
+        if self.classifier is None:
+            return None
+        n = getattr(self.classifier.config, "num_classes", None)
+        return int(n) if n else None
+
+    # ---- checks shared by every score-SDE pipeline ---------------------------------------------------
+    def check_class_inputs(
+        self, class_labels: object, classifier_scale: object, batch_size: int | None
+    ) -> torch.Tensor | None:
+        """Validate ``class_labels`` against the UNet and classifier; return them as ``(n,)`` int64 or ``None``.
+
+        Raises:
+            ValueError / TypeError: labels for a model that cannot use them, missing labels for a label-conditional
+                UNet, labels out of range, or a bad ``classifier_scale``.
+        """
+        check_number("classifier_scale", classifier_scale, 0.0)
+        n_unet, n_clf = self.num_unet_classes, self.num_classifier_classes
+        if class_labels is None:
+            if n_unet is not None:
+                raise ValueError(
+                    f"the UNet is class-conditional (num_class_embeds={n_unet}); pass `class_labels` "
+                    f"(integers in [0, {n_unet}))."
+                )
+            return None
+        if n_unet is None and self.classifier is None:
+            raise ValueError(
+                "`class_labels` were given but the UNet is unconditional (no num_class_embeds) and the pipeline has "
+                "no classifier; load a class-conditional UNet or pass `classifier=` to the pipeline."
+            )
+        labels = class_label_tensor(class_labels)
+        limits = [n for n in (n_unet, n_clf) if n is not None]
+        if n_unet is not None and n_clf is not None and n_unet != n_clf:
+            raise ValueError(f"the UNet has {n_unet} classes but the classifier has {n_clf}; they must agree.")
+        n_classes = limits[0] if limits else None
+        if n_classes is not None and (labels.min() < 0 or labels.max() >= n_classes):
+            bad = labels[(labels < 0) | (labels >= n_classes)].tolist()
+            raise ValueError(f"`class_labels` must lie in [0, {n_classes}), got {bad}.")
+        return labels
+
+    @staticmethod
+    def _expand_labels(labels: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor | None:
+        if labels is None:
+            return None
+        return (labels.expand(batch) if labels.numel() == 1 else labels).to(device)
+
+    def check_common_inputs(
+        self,
+        num_inference_steps: object,
+        output_type: object,
+        callback_on_step_end: object,
+        callback_on_step_end_tensor_inputs: object,
+        sampler: object = "scheduler",
+        sampler_options: object = None,
+    ) -> None:
+        """Validate the arguments every score-SDE pipeline takes."""
+        check_int("num_inference_steps", num_inference_steps)
+        check_choice("sampler", sampler, SAMPLERS)
+        if sampler_options is not None and not isinstance(sampler_options, dict):
+            raise TypeError(f"`sampler_options` must be a dict, got {type(sampler_options).__name__}.")
+        if sampler_options and sampler == "scheduler":
+            raise ValueError(
+                "`sampler_options` apply to the adaptive samplers; configure a scheduler with from_config."
+            )
+        self.check_loop_inputs(
+            num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
+
+    def _classifier_terms(self, labels: torch.Tensor | None, scale: float) -> list[ScoreTerm]:
+        if labels is None or self.classifier is None or scale == 0:
+            return []
+        return [ClassifierGuidance(self.classifier, labels, scale)]
 
 
 # ---------------------------------------------------------------------------------------------------------

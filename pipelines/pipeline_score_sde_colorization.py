@@ -9,8 +9,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .pipeline_score_sde import ScoreSdePipelineOutput, resolve_batch_size
-from .pipeline_score_sde_inverse import LinearObservation, ScoreSdeInverseProblemPipeline, images_to_tensor
+from .input_checks import images_to_tensor, resolve_batch_size
+from .pipeline_score_sde import ScoreSdePipelineOutput
+from .pipeline_score_sde_inverse import LinearObservation, ScoreSdeInverseProblemPipeline
 
 __all__ = ["ScoreSdeColorizationPipeline", "decoupled_colour_basis", "fit_grey_in_range", "grey_level"]
 

@@ -9,8 +9,9 @@ import numpy as np
 import PIL.Image
 import torch
 
-from .pipeline_score_sde import ScoreSdePipelineOutput, _check_number, resolve_batch_size
-from .pipeline_score_sde_inverse import LinearObservation, ScoreSdeInverseProblemPipeline, images_to_tensor
+from .input_checks import images_to_tensor, mask_to_tensor, resolve_batch_size
+from .pipeline_score_sde import ScoreSdePipelineOutput
+from .pipeline_score_sde_inverse import LinearObservation, ScoreSdeInverseProblemPipeline
 
 __all__ = ["ScoreSdeInpaintPipeline"]
 
@@ -160,31 +161,4 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
                 f"{kinds.get(channels, channels)} images."
             )
         self._check_size(pixels.shape[2], pixels.shape[3], "image")
-        mask = images_to_tensor(mask_image, "mask_image", pil_modes=("1", "L", "RGB"))
-        if mask.shape[2:] != pixels.shape[2:]:
-            raise ValueError(
-                f"`mask_image` is {mask.shape[2]}x{mask.shape[3]} but `image` is {pixels.shape[2]}x{pixels.shape[3]}; "
-                "they must have the same height and width."
-            )
-        if mask.shape[1] == 3 and bool((mask == mask[:, :1]).all()):
-            mask = mask[:, :1]  # a black-and-white RGB mask (Diffusers' examples) is one mask for every channel
-        if mask.shape[1] not in (1, pixels.shape[1]):
-            raise ValueError(
-                f"`mask_image` has {mask.shape[1]} channels; it needs 1 or as many as `image` ({pixels.shape[1]})."
-            )
-        if mask.shape[0] not in (1, pixels.shape[0]) and pixels.shape[0] != 1:
-            raise ValueError(
-                f"`mask_image` has {mask.shape[0]} masks for {pixels.shape[0]} images; pass one mask or one per image."
-            )
-        if mask_threshold is None:
-            soft = (mask != 0) & (mask != 1)
-            if soft.any():
-                raise ValueError(
-                    "`mask_image` is not binary (values other than 0 and 1, e.g. from resizing or JPEG): pass "
-                    "`mask_threshold` (e.g. 0.5) to repaint where mask >= threshold."
-                )
-            return mask
-        threshold = _check_number("mask_threshold", mask_threshold)
-        if not 0 < threshold <= 1:
-            raise ValueError(f"`mask_threshold` must lie in (0, 1], got {mask_threshold!r}.")
-        return (mask >= threshold).float()
+        return mask_to_tensor(mask_image, mask_threshold, pixels)

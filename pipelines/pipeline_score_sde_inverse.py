@@ -36,15 +36,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import PIL.Image
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from sde_diffusers.parameterization import score_to_x0
 from sde_diffusers.sde import SDE, broadcast_to
+from sde_diffusers.validation import check_number, check_positive
 
-from .pipeline_score_sde import Conditioning, ScoreSdePipelineBase, ScoreTerm, _check_number
+from .conditioning import Conditioning, ScoreTerm
+from .input_checks import images_to_tensor
+from .pipeline_score_sde import ScoreSdePipelineBase
 
 __all__ = [
     "INVERSE_METHODS",
@@ -55,83 +56,6 @@ __all__ = [
 ]
 
 INVERSE_METHODS = ("replacement", "guidance", "guidance+replacement")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Image inputs: PIL, numpy (HWC) or torch (CHW), in [0, 1]
-# ---------------------------------------------------------------------------------------------------------
-def _pil_to_array(image: PIL.Image.Image, name: str, modes: tuple[str, ...]) -> np.ndarray:
-    if image.mode not in modes:
-        raise ValueError(f"`{name}` must be a PIL image of mode {' or '.join(modes)}, got mode {image.mode!r}.")
-    if image.mode == "1":
-        image = image.convert("L")
-    array = np.asarray(image)
-    return array[..., None] if array.ndim == 2 else array
-
-
-def images_to_tensor(images: Any, name: str, pil_modes: tuple[str, ...] = ("L", "RGB")) -> torch.Tensor:
-    """Convert images to a float32 tensor ``(batch, channels, height, width)`` in ``[0, 1]``.
-
-    Accepted (Diffusers' conventions): a PIL image or a list of them (modes ``pil_modes``); a numpy array
-    ``(height, width)``, ``(height, width, channels)`` or ``(batch, height, width, channels)``; a torch tensor
-    ``(height, width)``, ``(channels, height, width)`` or ``(batch, channels, height, width)``. ``uint8`` values are
-    divided by 255, booleans become 0/1, floats must already lie in ``[0, 1]``.
-
-    Raises:
-        TypeError / ValueError: naming ``name`` and what was expected.
-    """
-    if isinstance(images, PIL.Image.Image):
-        images = [images]
-    if isinstance(images, (list, tuple)):
-        if not images or not all(isinstance(im, PIL.Image.Image) for im in images):
-            raise TypeError(f"`{name}` as a list must be a non-empty list of PIL images.")
-        arrays = [_pil_to_array(im, name, pil_modes) for im in images]
-        if len({a.shape for a in arrays}) != 1:
-            raise ValueError(f"the images in `{name}` must share one size and mode, got {[a.shape for a in arrays]}.")
-        tensor = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    elif isinstance(images, np.ndarray):
-        if images.ndim == 2:
-            images = images[..., None]
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4:
-            raise ValueError(
-                f"`{name}` as a numpy array must be (H, W), (H, W, C) or (B, H, W, C), got {images.shape}."
-            )
-        tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-    elif isinstance(images, torch.Tensor):
-        tensor = images.detach().cpu()
-        if tensor.dim() == 2:
-            tensor = tensor[None]
-        if tensor.dim() == 3:
-            tensor = tensor[None]
-        if tensor.dim() != 4:
-            raise ValueError(
-                f"`{name}` as a torch tensor must be (H, W), (C, H, W) or (B, C, H, W), got {tuple(tensor.shape)}."
-            )
-    else:
-        raise TypeError(
-            f"`{name}` must be a PIL image, a list of PIL images, a numpy array or a torch tensor, "
-            f"got {type(images).__name__}."
-        )
-    if tensor.dtype == torch.uint8:
-        tensor = tensor.float() / 255.0
-    elif tensor.dtype == torch.bool:
-        tensor = tensor.float()
-    elif tensor.is_floating_point():
-        tensor = tensor.float()
-        if not torch.isfinite(tensor).all():
-            raise ValueError(f"`{name}` contains NaN or infinite values.")
-        if tensor.min() < 0 or tensor.max() > 1:
-            raise ValueError(
-                f"`{name}` must have values in [0, 1] (uint8 arrays are divided by 255), got values in "
-                f"[{tensor.min().item():.4g}, {tensor.max().item():.4g}]."
-            )
-    else:
-        raise TypeError(f"`{name}` must be uint8, bool or floating point, got dtype {tensor.dtype}.")
-    if tensor.shape[1] not in (1, 3):
-        raise ValueError(f"`{name}` must have 1 or 3 channels, got {tensor.shape[1]} (shape {tuple(tensor.shape)}).")
-    return tensor.contiguous()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -223,11 +147,13 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
             )
         if method not in INVERSE_METHODS:
             raise ValueError(f"`method` must be one of {INVERSE_METHODS}, got {method!r}.")
-        _check_number("guidance_scale", guidance_scale, 0.0)
+        check_number("guidance_scale", guidance_scale, 0.0)
+        if isinstance(guidance_variance, str) and guidance_variance != "jacobian":
+            raise ValueError(
+                f"`guidance_variance` must be a positive number or 'jacobian', got {guidance_variance!r}."
+            )
         if guidance_variance != "jacobian":
-            v = _check_number("guidance_variance", guidance_variance)
-            if v <= 0:
-                raise ValueError(f"`guidance_variance` must be positive or 'jacobian', got {guidance_variance!r}.")
+            check_positive("guidance_variance", guidance_variance)
 
     def _replacement_hook(self, observation: LinearObservation) -> Callable:
         def after_step(sample: torch.Tensor, index: int, generator: Any) -> torch.Tensor:

@@ -3,13 +3,15 @@
 A Soft Diffusion model is trained on the corruption ``x_t = C_t x_0 + s_t * eta`` (``C_t`` a DCT Gaussian blur,
 ``s_t`` a small noise level; :mod:`sde_diffusers.corruption`) to predict the clean image ``x_0``. Sampling walks
 the corruption levels back with :class:`~sde_diffusers.SoftDiffusionScheduler` (momentum, naive or deterministic
-steps). Two things differ from the score-SDE pipelines, which is why these pipelines have their own loop:
+steps). These pipelines run the one sampling loop of the package
+(:meth:`~sde_diffusers.pipelines.pipeline_score_sde.SamplingPipelineBase._sample`) with their own
+:class:`~sde_diffusers.pipelines.conditioning.Conditioning`; two things differ from the score-SDE pipelines:
 
 * the start is not ``N(0, sigma^2 I)`` but the most corrupted level, a flat image of a random mean colour plus a
   little noise, drawn by :meth:`SoftDiffusionScheduler.initial_sample` (from the scheduler's stored colour prior or
-  from ``reference_images``);
+  from ``reference_images``): the conditioning's ``initial_sample``;
 * the network output is ``x0_hat`` and goes to ``scheduler.step`` as it is; there is no SDE behind the scheduler,
-  so score-based conditioning does not apply.
+  so score-based conditioning does not apply (inpainting acts on ``x0_hat`` through ``after_model``).
 
 Inpainting (:class:`SoftDiffusionInpaintPipeline`) conditions through the clean estimate; see its docstring.
 
@@ -32,10 +34,11 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from sde_diffusers.sampling.soft import SOFT_SAMPLERS
 from sde_diffusers.schedulers.scheduling_soft_diffusion import SoftDiffusionScheduler
+from sde_diffusers.validation import check_choice
 
-from .pipeline_score_sde import ScoreSdePipelineOutput, check_output_type, resolve_batch_size
-from .pipeline_score_sde_inverse import images_to_tensor
-from .pipeline_utils import SDEDiffusionPipeline
+from .conditioning import Conditioning
+from .input_checks import check_latents, images_to_tensor, mask_to_tensor, resolve_batch_size
+from .pipeline_score_sde import SamplingPipelineBase, ScoreSdePipelineOutput
 
 __all__ = ["SoftDiffusionPipelineBase", "SoftDiffusionPipeline", "SoftDiffusionInpaintPipeline"]
 
@@ -43,34 +46,10 @@ ImageInput = PIL.Image.Image | Sequence[PIL.Image.Image] | np.ndarray | torch.Te
 StepCallback = Callable[[Any, int, torch.Tensor, dict], dict]
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Argument checks and image inputs
-# ---------------------------------------------------------------------------------------------------------
-def _check_int(name: str, value: object, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
-    return int(value)
-
-
-def _images_to_tensor(images: object, name: str, channels: int) -> torch.Tensor:
-    """Images as float32 ``(batch, channels, height, width)`` in ``[0, 1]`` (see ``images_to_tensor``).
-
-    PIL images are first converted to ``"L"`` or ``"RGB"`` to match ``channels``.
-    """
-    mode = "L" if channels == 1 else "RGB"
-    if isinstance(images, PIL.Image.Image):
-        images = [images]
-    if isinstance(images, (list, tuple)) and images and all(isinstance(im, PIL.Image.Image) for im in images):
-        images = [im.convert(mode) for im in images]
-    return images_to_tensor(images, name, pil_modes=(mode,))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The shared base
-# ---------------------------------------------------------------------------------------------------------
-class SoftDiffusionPipelineBase(SDEDiffusionPipeline):
+class SoftDiffusionPipelineBase(SamplingPipelineBase):
     r"""
-    Shared machinery of the Soft Diffusion pipelines: checks, the starting sample, the sampling loop, outputs.
+    Shared machinery of the Soft Diffusion pipelines: checks and the starting sample (the sampling loop and the
+    outputs are [`SamplingPipelineBase`]'s).
 
     Components:
         unet ([`DDPMppModel`], [`~diffusers.UNet2DModel`] or any model called as ``unet(sample, timestep)``): the
@@ -81,7 +60,6 @@ class SoftDiffusionPipelineBase(SDEDiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
-    _callback_tensor_inputs = ["latents"]
 
     def __init__(self, unet: torch.nn.Module, scheduler: SoftDiffusionScheduler) -> None:
         super().__init__()
@@ -95,8 +73,7 @@ class SoftDiffusionPipelineBase(SDEDiffusionPipeline):
     # ---- facts about the components ------------------------------------------------------------------
     def sample_shape(self) -> tuple[int, int, int]:
         """``(channels, height, width)`` of the generated images (the UNet's config; checked against the scheduler)."""
-        size = self.unet.config.sample_size
-        height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+        channels, height, width = self._sample_shape_from_config()
         corruption_size = self.scheduler.corruption.image_size
         if corruption_size is not None and (height, width) != tuple(corruption_size):
             raise ValueError(
@@ -104,7 +81,7 @@ class SoftDiffusionPipelineBase(SDEDiffusionPipeline):
                 f"{corruption_size[0]}x{corruption_size[1]}; "
                 f"rebuild the scheduler with image_size=[{height}, {width}]."
             )
-        return int(self.unet.config.in_channels), height, width
+        return channels, height, width
 
     # ---- checks ------------------------------------------------------------------------------------------
     def check_common_inputs(
@@ -116,23 +93,17 @@ class SoftDiffusionPipelineBase(SDEDiffusionPipeline):
         callback_on_step_end_tensor_inputs: object,
     ) -> None:
         """Validate the arguments every Soft Diffusion pipeline takes (before any work starts)."""
-        steps = _check_int("num_inference_steps", num_inference_steps)
+        self.check_loop_inputs(
+            num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
         n_train = self.scheduler.config.num_train_timesteps
-        if steps > n_train:
+        if num_inference_steps > n_train:
             raise ValueError(
-                f"`num_inference_steps` ({steps}) must be <= the scheduler's num_train_timesteps ({n_train}): each "
-                "step evaluates the network at a distinct corruption level."
+                f"`num_inference_steps` ({num_inference_steps}) must be <= the scheduler's num_train_timesteps "
+                f"({n_train}): each step evaluates the network at a distinct corruption level."
             )
-        check_output_type(output_type)
-        if sampler is not None and sampler not in SOFT_SAMPLERS:
-            raise ValueError(f"`sampler` must be None or one of {tuple(SOFT_SAMPLERS)}, got {sampler!r}.")
-        if callback_on_step_end is not None and not callable(callback_on_step_end):
-            raise TypeError(f"`callback_on_step_end` must be callable, got {type(callback_on_step_end).__name__}.")
-        bad = [k for k in (callback_on_step_end_tensor_inputs or []) if k not in self._callback_tensor_inputs]
-        if bad:
-            raise ValueError(
-                f"`callback_on_step_end_tensor_inputs` may only contain {self._callback_tensor_inputs}, got {bad}."
-            )
+        if sampler is not None:
+            check_choice("sampler", sampler, tuple(SOFT_SAMPLERS))
 
     def _scheduler_for(self, sampler: str | None) -> SoftDiffusionScheduler:
         """The pipeline's scheduler, or a copy of it with another sampler (the pipeline's own is left as it is)."""
@@ -146,7 +117,7 @@ class SoftDiffusionPipelineBase(SDEDiffusionPipeline):
     def _prepare_reference(self, reference_images: object, channels: int) -> torch.Tensor | None:
         if reference_images is None:
             return None
-        reference = _images_to_tensor(reference_images, "reference_images", channels)
+        reference = images_to_tensor(reference_images, "reference_images", channels=channels)
         _, height, width = self.sample_shape()
         if tuple(reference.shape[1:]) != (channels, height, width):
             raise ValueError(
@@ -154,14 +125,6 @@ class SoftDiffusionPipelineBase(SDEDiffusionPipeline):
                 f"generated images, got {tuple(reference.shape[1:])}."
             )
         return self.from_unit_range(reference)
-
-    def _check_latents(self, latents: object, shape: tuple[int, ...]) -> None:
-        if latents is None:
-            return
-        if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
-            raise TypeError(f"`latents` must be a floating-point torch.Tensor, got {type(latents).__name__}.")
-        if tuple(latents.shape) != tuple(shape):
-            raise ValueError(f"`latents` must have shape {tuple(shape)}, got {tuple(latents.shape)}.")
 
     def _check_no_start_source(self, reference: torch.Tensor | None, latents: torch.Tensor | None) -> None:
         # Raise the scheduler's explanation before any work, not after the first network call.
@@ -172,75 +135,26 @@ class SoftDiffusionPipelineBase(SDEDiffusionPipeline):
                 "(or after scheduler.set_prior(images))."
             )
 
-    # ---- the sampling loop -------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _sample(
+    # ---- the start -----------------------------------------------------------------------------------------
+    def _initial_sample(
         self,
-        shape: tuple[int, int, int, int],
-        *,
         scheduler: SoftDiffusionScheduler,
-        num_inference_steps: int,
-        generator: torch.Generator | list[torch.Generator] | None,
-        reference: torch.Tensor | None = None,
-        latents: torch.Tensor | None = None,
+        reference: torch.Tensor | None,
+        latents: torch.Tensor | None,
         condition_start: Callable[[torch.Tensor, SoftDiffusionScheduler], torch.Tensor] | None = None,
-        condition_estimate: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        callback_on_step_end: StepCallback | None = None,
-        callback_on_step_end_tensor_inputs: list[str] | None = None,
-    ) -> tuple[torch.Tensor, int]:
-        """Walk the corruption levels back from the most corrupted one; return ``(x0, nfe)`` in ``[-1, 1]``.
-
-        Conditioning hooks (inpainting): ``condition_start(x_1, scheduler) -> x_1`` modifies the drawn starting
-        sample (not given ``latents``), ``condition_estimate(x0_hat) -> x0_hat`` each clean estimate before its step.
-        """
+    ) -> Callable[[tuple[int, ...], Any], torch.Tensor]:
+        """The loop's ``initial_sample``: ``latents`` as given (already a draw from the most corrupted level, so not
+        scaled by ``init_noise_sigma``), else ``scheduler.initial_sample`` modified by ``condition_start``."""
         device, dtype = self._execution_device, self.unet.dtype
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = scheduler.timesteps
-        if latents is None:
+
+        def initial_sample(shape: tuple[int, ...], generator: Any) -> torch.Tensor:
+            if latents is not None:
+                return latents.to(device=device, dtype=dtype)
             ref = None if reference is None else reference.to(device=device, dtype=dtype)
             x = scheduler.initial_sample(shape, reference=ref, generator=generator, device=device, dtype=dtype)
-            if condition_start is not None:
-                x = condition_start(x, scheduler)
-        else:
-            # Already a draw from the most corrupted level: no init_noise_sigma scaling (see the scheduler).
-            x = latents.to(device=device, dtype=dtype)
-        self._num_timesteps = len(timesteps)
-        nfe = 0
-        with self.progress_bar(total=len(timesteps)) as progress:
-            for i, t in enumerate(timesteps):
-                out = self.unet(scheduler.scale_model_input(x, t), t)
-                x0_hat = out.sample if hasattr(out, "sample") else (out[0] if isinstance(out, (tuple, list)) else out)
-                nfe += 1
-                if condition_estimate is not None:
-                    x0_hat = condition_estimate(x0_hat)
-                x = scheduler.step(x0_hat, t, x, generator=generator).prev_sample
-                if callback_on_step_end is not None:
-                    kwargs = {k: {"latents": x}[k] for k in (callback_on_step_end_tensor_inputs or [])}
-                    x = (callback_on_step_end(self, i, t, kwargs) or {}).get("latents", x)
-                progress.update()
-        return x, nfe
+            return x if condition_start is None else condition_start(x, scheduler)
 
-    # ---- output ------------------------------------------------------------------------------------------
-    @staticmethod
-    def to_unit_range(x: torch.Tensor) -> torch.Tensor:
-        """Network range ``[-1, 1]`` to ``[0, 1]``, clamped."""
-        return ((x + 1.0) / 2.0).clamp(0, 1)
-
-    @staticmethod
-    def from_unit_range(x: torch.Tensor) -> torch.Tensor:
-        """``[0, 1]`` to the network range ``[-1, 1]``."""
-        return x * 2.0 - 1.0
-
-    def _finish(self, images_01: torch.Tensor, output_type: str, return_dict: bool, nfe: int):
-        if output_type == "pt":
-            images: Any = images_01.float().cpu()
-        else:
-            array = images_01.float().cpu().permute(0, 2, 3, 1).numpy()
-            images = self.numpy_to_pil(array) if output_type == "pil" else array
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (images,)
-        return ScoreSdePipelineOutput(images=images, nfe=nfe)
+        return initial_sample
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -319,15 +233,15 @@ class SoftDiffusionPipeline(SoftDiffusionPipelineBase):
         n_latents = latents.shape[0] if isinstance(latents, torch.Tensor) and latents.dim() == 4 else None
         batch = resolve_batch_size(batch_size, generator, latents=n_latents)
         shape = (batch, channels, height, width)
-        self._check_latents(latents, shape)
+        check_latents(latents, shape)
         self._check_no_start_source(reference, latents)
+        scheduler = self._scheduler_for(sampler)
         x0, nfe = self._sample(
             shape,
-            scheduler=self._scheduler_for(sampler),
+            scheduler=scheduler,
             num_inference_steps=num_inference_steps,
             generator=generator,
-            reference=reference,
-            latents=latents,
+            cond=Conditioning(initial_sample=self._initial_sample(scheduler, reference, latents)),
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
@@ -437,13 +351,13 @@ class SoftDiffusionInpaintPipeline(SoftDiffusionPipelineBase):
             callback_on_step_end_tensor_inputs,
         )
         channels, height, width = self.sample_shape()
-        pixels = _images_to_tensor(image, "image", channels)
+        pixels = images_to_tensor(image, "image", channels=channels)
         if tuple(pixels.shape[1:]) != (channels, height, width):
             raise ValueError(
                 f"`image` must be {channels}x{height}x{width} (channels x height x width, the UNet's), got "
                 f"{tuple(pixels.shape[1:])}; resize or convert it first."
             )
-        mask = self._prepare_mask(mask_image, mask_threshold, pixels)
+        mask = mask_to_tensor(mask_image, mask_threshold, pixels)
         reference = self._prepare_reference(reference_images, channels)
         n_latents = latents.shape[0] if isinstance(latents, torch.Tensor) and latents.dim() == 4 else None
         batch = resolve_batch_size(
@@ -454,7 +368,7 @@ class SoftDiffusionInpaintPipeline(SoftDiffusionPipelineBase):
             latents=n_latents,
         )
         shape = (batch, channels, height, width)
-        self._check_latents(latents, shape)
+        check_latents(latents, shape)
         self._check_no_start_source(reference, latents)
 
         device, dtype = self._execution_device, self.unet.dtype
@@ -475,48 +389,20 @@ class SoftDiffusionInpaintPipeline(SoftDiffusionPipelineBase):
             # E[x_0 | x_t, y]: the observation where it is known, the model's estimate elsewhere.
             return repaint_net * x0_hat + (1 - repaint_net) * observed
 
+        scheduler = self._scheduler_for(sampler)
+        cond = Conditioning(
+            initial_sample=self._initial_sample(scheduler, reference, latents, condition_start),
+            after_model=condition_estimate,
+        )
         x0, nfe = self._sample(
             shape,
-            scheduler=self._scheduler_for(sampler),
+            scheduler=scheduler,
             num_inference_steps=num_inference_steps,
             generator=generator,
-            reference=reference,
-            latents=latents,
-            condition_start=condition_start,
-            condition_estimate=condition_estimate,
+            cond=cond,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
         # Paste in [0, 1], so that kept pixels are bit-for-bit the input (no round trip through [-1, 1]).
         result = repaint * self.to_unit_range(x0.float()) + (1 - repaint) * pixels
         return self._finish(result, output_type, return_dict, nfe)
-
-    @staticmethod
-    def _prepare_mask(mask_image: object, mask_threshold: object, pixels: torch.Tensor) -> torch.Tensor:
-        """The mask as ``(1 or batch, 1, height, width)`` with 1 = repaint; checked before any work."""
-        mask = _images_to_tensor(mask_image, "mask_image", 1)
-        if mask.shape[2:] != pixels.shape[2:]:
-            raise ValueError(
-                f"`mask_image` is {mask.shape[2]}x{mask.shape[3]} but `image` is {pixels.shape[2]}x{pixels.shape[3]} "
-                "(height x width); they must match."
-            )
-        if mask.shape[1] != 1:
-            raise ValueError(f"`mask_image` must have one channel, got {mask.shape[1]} (shape {tuple(mask.shape)}).")
-        if mask.shape[0] not in (1, pixels.shape[0]) and pixels.shape[0] != 1:
-            raise ValueError(
-                f"`mask_image` has {mask.shape[0]} masks for {pixels.shape[0]} images; pass one mask or one per image."
-            )
-        if mask_threshold is None:
-            if bool(((mask != 0) & (mask != 1)).any()):
-                raise ValueError(
-                    "`mask_image` is not binary (values other than 0 and 1, e.g. from resizing or JPEG): pass "
-                    "`mask_threshold` (e.g. 0.5) to repaint where mask >= threshold."
-                )
-            return mask
-        if (
-            isinstance(mask_threshold, bool)
-            or not isinstance(mask_threshold, (int, float))
-            or not 0 < float(mask_threshold) <= 1
-        ):
-            raise ValueError(f"`mask_threshold` must be a number in (0, 1], got {mask_threshold!r}.")
-        return (mask >= float(mask_threshold)).float()

@@ -17,10 +17,12 @@ from diffusers.configuration_utils import register_to_config
 
 import sde_diffusers
 from sde_diffusers.corruption import blur_response, dct2, dct_matrix, idct2
+from sde_diffusers.pipelines import ScoreSdePipelineBase
 from sde_diffusers.pipelines.pipeline_score_sde import ScoreSdePipelineOutput
 from sde_diffusers.pipelines.pipeline_soft_diffusion import (
     SoftDiffusionInpaintPipeline,
     SoftDiffusionPipeline,
+    SoftDiffusionPipelineBase,
 )
 from sde_diffusers.schedulers import SoftDiffusionScheduler
 
@@ -441,3 +443,9 @@ def test_wrong_components_are_refused():
     other_size = SoftDiffusionPipeline(unet=tiny_unet(), scheduler=SoftDiffusionScheduler(image_size=16))
     with pytest.raises(ValueError, match="image_size"):
         other_size(num_inference_steps=2)
+
+
+def test_soft_pipelines_run_the_one_sampling_loop():
+    """Soft Diffusion runs the score-SDE pipelines' loop and output conversion, not a copy of them."""
+    for name in ("_sample", "_model_output", "_finish", "to_unit_range", "from_unit_range", "check_loop_inputs"):
+        assert getattr(SoftDiffusionPipelineBase, name) is getattr(ScoreSdePipelineBase, name), name
