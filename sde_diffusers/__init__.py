@@ -9,6 +9,8 @@ from .corruption import (
     gaussian_w2,
 )
 from .evaluation import (
+    CLIPExtractor,
+    DINOv2Extractor,
     FeatureClassifier,
     FeatureStatistics,
     FIDInceptionV3,
@@ -101,6 +103,8 @@ __all__ = [
     "soft_score_matching_loss",
     "SoftDiffusionScheduler",
     "SoftDiffusionSchedulerOutput",
+    "CLIPExtractor",
+    "DINOv2Extractor",
     "FeatureClassifier",
     "FeatureStatistics",
     "FIDInceptionV3",

@@ -80,7 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--extractor-weights",
         default=None,
-        help="Inception weights file (for 'inception'), or a classifier folder replacing the shipped one",
+        help="Inception weights file (for 'inception'), a classifier folder replacing the shipped one, or for "
+        "'dinov2' / 'clip' a transformers folder or Hub repo id (default facebook/dinov2-large / "
+        "openai/clip-vit-large-patch14)",
     )
     parser.add_argument(
         "--num-reference", type=int, default=None, help="use the first N reference images (default: all)"

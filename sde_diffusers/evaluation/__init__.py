@@ -14,12 +14,15 @@ Typical use (domain FID on MNIST, no download)::
 from .classifier import FeatureClassifier
 from .datasets import BUILTIN_DATASETS, CIFAR10_CLASSES, load_builtin
 from .extractors import FEATURE_EXTRACTORS, classifier_info, extract_features, load_feature_extractor
+from .image_preprocessing import ImagePreprocessing
 from .inception import FID_WEIGHTS_FILENAME, FID_WEIGHTS_URL, FIDInceptionV3, find_fid_weights
 from .metrics import (
+    CLIPScoreOutput,
     FeatureStatistics,
     InceptionScoreOutput,
     KernelDistanceOutput,
     PrecisionRecallOutput,
+    clip_score,
     frechet_distance,
     gaussian_frechet_distance,
     inception_score,
@@ -46,6 +49,7 @@ from .sampling import (
     draw_samples,
     plan_sampling,
 )
+from .transformers_features import CLIPExtractor, DINOv2Extractor, class_clip_score
 
 __all__ = [
     "ReferenceSet",
@@ -63,6 +67,12 @@ __all__ = [
     "available_samplers",
     "draw_samples",
     "plan_sampling",
+    "CLIPExtractor",
+    "CLIPScoreOutput",
+    "DINOv2Extractor",
+    "ImagePreprocessing",
+    "class_clip_score",
+    "clip_score",
     "BUILTIN_DATASETS",
     "CIFAR10_CLASSES",
     "FEATURE_EXTRACTORS",

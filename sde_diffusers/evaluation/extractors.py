@@ -19,7 +19,8 @@ from .outputs import FeatureExtractorOutput
 
 __all__ = ["FEATURE_EXTRACTORS", "classifier_info", "extract_features", "load_feature_extractor"]
 
-FEATURE_EXTRACTORS = ("digits", "mnist", "cifar10", "inception")
+#: The project's classifiers (domain FID), the FID Inception-v3, and the transformers networks (FD_DINOv2, CLIP).
+FEATURE_EXTRACTORS = ("digits", "mnist", "cifar10", "inception", "dinov2", "clip")
 _INFO_FILE = "training_info.json"
 
 
@@ -44,24 +45,37 @@ def load_feature_extractor(
     name: str,
     weights_path: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
-) -> FeatureClassifier | FIDInceptionV3:
+    **options: Any,
+) -> nn.Module:
     """Load a feature extractor in eval mode with gradients disabled.
 
     Args:
         name (`str`): ``"digits"``, ``"mnist"`` or ``"cifar10"`` (the project's classifiers, shipped with the
-            package, for a "domain FID") or ``"inception"`` (the standard FID Inception-v3; needs its weights
-            file, which cannot be shipped: see :meth:`FIDInceptionV3.from_weights`).
+            package, for a "domain FID"), ``"inception"`` (the standard FID Inception-v3; needs its weights
+            file, which cannot be shipped: see :meth:`FIDInceptionV3.from_weights`), ``"dinov2"`` (FD_DINOv2, see
+            :class:`~sde_diffusers.evaluation.transformers_features.DINOv2Extractor`) or ``"clip"`` (CLIP image
+            embeddings, see :class:`~sde_diffusers.evaluation.transformers_features.CLIPExtractor`).
         weights_path (`str` or `os.PathLike`, *optional*): for ``"inception"``, the weights file; for a
-            classifier, a folder saved with ``FeatureClassifier.save_pretrained`` to use instead of the shipped one.
+            classifier, a folder saved with ``FeatureClassifier.save_pretrained`` to use instead of the shipped one;
+            for ``"dinov2"`` / ``"clip"``, a folder or Hub repo id (default ``facebook/dinov2-large`` /
+            ``openai/clip-vit-large-patch14``, loaded from the Hugging Face cache or the Hub).
         device (`str` or `torch.device`, *optional*): where to put the model (default CPU).
+        options: for ``"dinov2"`` / ``"clip"`` only, passed to their ``from_pretrained`` (``protocol``,
+            ``arithmetic``, ``with_text``, ``revision``, ``local_files_only``, ...).
 
     Returns:
         The extractor: calling it on images returns a :class:`FeatureExtractorOutput`.
     """
     if name not in FEATURE_EXTRACTORS:
         raise ValueError(f"name must be one of {FEATURE_EXTRACTORS}, got {name!r}")
-    if name == "inception":
-        model: nn.Module = FIDInceptionV3.from_weights(weights_path)
+    if options and name not in ("dinov2", "clip"):
+        raise TypeError(f"options {sorted(options)} apply only to the 'dinov2' and 'clip' extractors, not {name!r}")
+    if name in ("dinov2", "clip"):
+        from .transformers_features import load_transformers_extractor  # imports transformers: only when used
+
+        model: nn.Module = load_transformers_extractor(name, weights_path, **options)
+    elif name == "inception":
+        model = FIDInceptionV3.from_weights(weights_path)
     else:
         folder = _shipped_classifier_dir(name) if weights_path is None else Path(weights_path)
         if not (folder / "config.json").is_file():

@@ -10,6 +10,7 @@ whose entries can be large and whose difference is small.
   2018), averaged over random subsets.
 * :func:`inception_score` — Inception Score (Salimans et al. 2016) from classifier logits.
 * :func:`precision_recall` — improved precision and recall (Kynkäänniemi et al. 2019) from k-NN manifolds.
+* :func:`clip_score` — CLIP score (Hessel et al. 2021) between image and text embeddings, with zero-shot accuracy.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ import numpy as np
 import torch
 
 __all__ = [
+    "CLIPScoreOutput",
     "FeatureStatistics",
     "InceptionScoreOutput",
     "KernelDistanceOutput",
     "PrecisionRecallOutput",
     "frechet_distance",
     "gaussian_frechet_distance",
+    "clip_score",
     "inception_score",
     "kernel_distance",
     "precision_recall",
@@ -461,4 +464,78 @@ def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3, batch_size: i
     return PrecisionRecallOutput(
         precision=_coverage(tf, tr, radii_real, batch_size),
         recall=_coverage(tr, tf, radii_fake, batch_size),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLIP score
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class CLIPScoreOutput:
+    """Result of :func:`clip_score`.
+
+    Args:
+        score (`float`): mean over images of ``scale * max(cos(image, text), 0)``.
+        std (`float`): standard deviation of the per-image scores (``ddof=0``).
+        accuracy (`float`, *optional*): with ``labels``, the fraction of images whose most similar text is their
+            own (CLIP's zero-shot classification of the samples); `None` for paired texts.
+        per_image (`np.ndarray` of shape `(num_images,)`): the per-image scores.
+    """
+
+    score: float
+    std: float
+    accuracy: float | None = None
+    per_image: np.ndarray = field(default=None, repr=False)
+
+
+def clip_score(
+    image_embeds: ArrayLike,
+    text_embeds: ArrayLike,
+    labels: ArrayLike | list[int] | None = None,
+    scale: float = 100.0,
+) -> CLIPScoreOutput:
+    """CLIP score: ``scale * max(cos(image_i, text_i), 0)`` averaged over images (Hessel et al. 2021).
+
+    The default ``scale=100`` is torchmetrics' convention (Hessel et al. use 2.5). The cosine is invariant to the
+    embeddings' norms, so unnormalised CLIP embeddings can be passed.
+
+    Args:
+        image_embeds: `(num_images, d)` CLIP image embeddings.
+        text_embeds: `(num_texts, d)` CLIP text embeddings: one per image (``labels=None``), or one per class.
+        labels (*optional*): `(num_images,)` integer index into ``text_embeds`` for each image (class-conditional
+            samples against their class prompts); also gives the zero-shot accuracy.
+        scale (`float`, defaults to 100): multiplies the clipped cosine.
+
+    Returns:
+        :class:`CLIPScoreOutput`
+    """
+    img = _as_features(image_embeds, "image_embeds", min_samples=1)
+    txt = _as_features(text_embeds, "text_embeds", min_samples=1)
+    _check_same_dim(img, txt, "image_embeds", "text_embeds")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite positive number, got {scale!r}")
+    img_norm, txt_norm = np.linalg.norm(img, axis=1), np.linalg.norm(txt, axis=1)
+    if (img_norm == 0).any() or (txt_norm == 0).any():
+        raise ValueError("image_embeds and text_embeds must not contain zero vectors (no direction to compare)")
+    img, txt = img / img_norm[:, None], txt / txt_norm[:, None]
+    accuracy = None
+    if labels is None:
+        if txt.shape[0] != img.shape[0]:
+            raise ValueError(
+                f"without labels, text_embeds pairs with image_embeds row by row: got {img.shape[0]} images and "
+                f"{txt.shape[0]} texts"
+            )
+        cos = (img * txt).sum(axis=1)
+    else:
+        idx = np.asarray(labels.detach().cpu() if isinstance(labels, torch.Tensor) else labels)
+        if idx.shape != (img.shape[0],) or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"labels must be {img.shape[0]} integers (one per image), got shape {idx.shape}")
+        if idx.min() < 0 or idx.max() >= txt.shape[0]:
+            raise ValueError(f"labels must index the {txt.shape[0]} texts, got values in [{idx.min()}, {idx.max()}]")
+        similarity = img @ txt.T
+        cos = similarity[np.arange(len(idx)), idx]
+        accuracy = float((similarity.argmax(axis=1) == idx).mean())
+    per_image = float(scale) * np.clip(cos, 0.0, None)
+    return CLIPScoreOutput(
+        score=float(per_image.mean()), std=float(per_image.std()), accuracy=accuracy, per_image=per_image
     )
