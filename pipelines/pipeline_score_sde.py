@@ -480,7 +480,9 @@ class ScoreSdePipelineBase(SamplingPipelineBase):
         sampler_options: object = None,
     ) -> None:
         """Validate the arguments every score-SDE pipeline takes."""
-        check_int("num_inference_steps", num_inference_steps)
+        self.check_loop_inputs(
+            num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs
+        )
         check_choice("sampler", sampler, SAMPLERS)
         if sampler_options is not None and not isinstance(sampler_options, dict):
             raise TypeError(f"`sampler_options` must be a dict, got {type(sampler_options).__name__}.")
@@ -488,9 +490,6 @@ class ScoreSdePipelineBase(SamplingPipelineBase):
             raise ValueError(
                 "`sampler_options` apply to the adaptive samplers; configure a scheduler with from_config."
             )
-        self.check_loop_inputs(
-            num_inference_steps, output_type, callback_on_step_end, callback_on_step_end_tensor_inputs
-        )
 
     def _classifier_terms(self, labels: torch.Tensor | None, scale: float) -> list[ScoreTerm]:
         if labels is None or self.classifier is None or scale == 0:
