@@ -5,6 +5,8 @@ from .corruption import (
     DCTBlur,
     FrequencyStatistics,
     GaussianBlur,
+    GaussianCorruption,
+    LinearCorruption,
     fit_wasserstein_schedule,
     gaussian_w2,
 )
@@ -97,6 +99,8 @@ __all__ = [
     "CorruptionSchedule",
     "DCTBlur",
     "GaussianBlur",
+    "GaussianCorruption",
+    "LinearCorruption",
     "FrequencyStatistics",
     "fit_wasserstein_schedule",
     "gaussian_w2",

@@ -30,8 +30,16 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import datasets
 import numpy as np
 import torch
+from datasets import ClassLabel
+from datasets import Image as ImageFeature
+from datasets.exceptions import DatasetsError
+from PIL import Image
+
+from .evaluation.datasets import load_builtin
+from .validation import check_bool, check_choice, check_int
 
 __all__ = [
     "BUILTIN_DATASETS",
@@ -117,14 +125,18 @@ class ImageData:
 # Preprocessing
 # ---------------------------------------------------------------------------------------------------------
 def _check_options(resolution, resize_mode, center_crop, image_mode) -> None:
-    if resolution is not None and (isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1):
-        raise ValueError(f"resolution must be a positive integer or None, got {resolution!r}")
-    if resize_mode not in RESIZE_MODES:
-        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
-    if not isinstance(center_crop, bool):
-        raise TypeError(f"center_crop must be a bool, got {type(center_crop).__name__}")
-    if image_mode is not None and image_mode not in IMAGE_MODES:
-        raise ValueError(f"image_mode must be one of {IMAGE_MODES} or None, got {image_mode!r}")
+    if resolution is not None:
+        check_int("resolution", resolution, 1)
+    check_choice("resize_mode", resize_mode, RESIZE_MODES)
+    check_bool("center_crop", center_crop)
+    if image_mode is not None:
+        check_choice("image_mode", image_mode, IMAGE_MODES)
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an exception's message (library errors can span many)."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def _center_crop(image, width: int, height: int):
@@ -154,8 +166,6 @@ def preprocess_image(
     Returns:
         `np.ndarray`: ``uint8`` ``(C, H, W)``.
     """
-    from PIL import Image
-
     _check_options(resolution, resize_mode, center_crop, image_mode)
     if image_mode is not None and image.mode != image_mode:
         image = image.convert(image_mode)
@@ -197,14 +207,17 @@ def _check_uniform(sizes: set, modes: set, resolution: int | None, image_mode: s
 
 def _stack(images: Iterable, resolution, resize_mode, center_crop, image_mode, where: str) -> torch.Tensor:
     """Check sizes/modes of every image first (headers only), then preprocess them into one tensor."""
-    images = list(images)
-    if not images:
-        raise ValueError(f"{where} holds no images")
-    _check_uniform({im.size for im in images}, {im.mode for im in images}, resolution, image_mode, where)
-    arrays = [
-        preprocess_image(im, resolution, resize_mode=resize_mode, center_crop=center_crop, image_mode=image_mode)
-        for im in images
-    ]
+    try:
+        images = list(images)  # a datasets column decodes here
+        if not images:
+            raise ValueError(f"{where} holds no images")
+        _check_uniform({im.size for im in images}, {im.mode for im in images}, resolution, image_mode, where)
+        arrays = [
+            preprocess_image(im, resolution, resize_mode=resize_mode, center_crop=center_crop, image_mode=image_mode)
+            for im in images
+        ]
+    except (OSError, DatasetsError) as err:  # not an image, or a truncated file whose pixels do not decode
+        raise ValueError(f"cannot decode the images of {where}: {_one_line(err)}") from err
     return torch.from_numpy(np.stack(arrays))
 
 
@@ -212,8 +225,6 @@ def _stack(images: Iterable, resolution, resize_mode, center_crop, image_mode, w
 # Sources
 # ---------------------------------------------------------------------------------------------------------
 def _image_extensions() -> set[str]:
-    from PIL import Image
-
     return {ext.lower() for ext in Image.registered_extensions()}
 
 
@@ -232,10 +243,6 @@ def list_image_files(folder: str | os.PathLike) -> list[str]:
 
 
 def _from_builtin(name: str, split: str, resolution, resize_mode, center_crop, image_mode) -> ImageData:
-    from PIL import Image
-
-    from .evaluation.datasets import load_builtin
-
     x, labels = load_builtin(name, split=split)
     # load_builtin gives floats in [0, 1]: digits k / 16, MNIST k / 255. Both round to their 8-bit rendering.
     raw = (x * 255.0).round().clamp(0, 255).to(torch.uint8).numpy()
@@ -256,9 +263,6 @@ def _from_builtin(name: str, split: str, resolution, resize_mode, center_crop, i
 
 
 def _columns(features, image_column: str | None, label_column: str | None, where: str) -> tuple[str, str | None]:
-    from datasets import ClassLabel
-    from datasets import Image as ImageFeature
-
     if image_column is None:
         image_column = next((k for k, v in features.items() if isinstance(v, ImageFeature)), None)
         if image_column is None:
@@ -273,8 +277,6 @@ def _columns(features, image_column: str | None, label_column: str | None, where
 
 
 def _from_hf_dataset(ds, where, image_column, label_column, resolution, resize_mode, center_crop, image_mode):
-    from datasets import ClassLabel
-
     image_column, label_column = _columns(ds.features, image_column, label_column, where)
     images = _stack(ds[image_column], resolution, resize_mode, center_crop, image_mode, where)
     labels = class_names = None
@@ -292,8 +294,6 @@ def _from_hf_dataset(ds, where, image_column, label_column, resolution, resize_m
 
 
 def _from_folder(folder, split, image_column, label_column, resolution, resize_mode, center_crop, image_mode):
-    import datasets
-
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"data_dir {str(folder)!r} does not exist or is not a folder")
     if not list_image_files(folder):
@@ -302,8 +302,11 @@ def _from_folder(folder, split, image_column, label_column, resolution, resize_m
     has_splits = "train" in subdirs and ({"test", "validation"} & subdirs)
     if split != "train" and not has_splits:
         raise ValueError(f"data_dir {str(folder)!r} has no {split!r} split (no train/ and test/ subfolders)")
-    ds = datasets.load_dataset("imagefolder", data_dir=os.fspath(folder), split=split)
     where = f"data_dir {str(folder)!r}" + (f" ({split} split)" if has_splits else "")
+    try:
+        ds = datasets.load_dataset("imagefolder", data_dir=os.fspath(folder), split=split)
+    except (OSError, ValueError, DatasetsError) as err:
+        raise ValueError(f"cannot read {where} as an image folder: {_one_line(err)}") from err
     images, labels, names = _from_hf_dataset(
         ds, where, image_column, label_column, resolution, resize_mode, center_crop, image_mode
     )
@@ -312,10 +315,12 @@ def _from_folder(folder, split, image_column, label_column, resolution, resize_m
 
 
 def _from_hub(name, config_name, split, image_column, label_column, resolution, resize_mode, center_crop, image_mode):
-    import datasets
-
-    ds = datasets.load_dataset(name, config_name, split=split)
     where = f"the Hub dataset {name!r} ({split} split)"
+    try:
+        ds = datasets.load_dataset(name, config_name, split=split)
+    except (OSError, ValueError, DatasetsError) as err:
+        # Unreachable Hub, unknown dataset or configuration, missing split: one line, not a traceback.
+        raise ValueError(f"cannot load {where}: {_one_line(err)}") from err
     images, labels, names = _from_hf_dataset(
         ds, where, image_column, label_column, resolution, resize_mode, center_crop, image_mode
     )
@@ -359,8 +364,9 @@ def load_image_data(
 
     Raises:
         `FileNotFoundError`: ``data_dir`` does not exist.
-        `ValueError`: no source or two sources, an empty folder, or mixed sizes / modes without
-            ``resolution`` / ``image_mode``.
+        `ValueError`: no source or two sources, an empty folder, mixed sizes / modes without
+            ``resolution`` / ``image_mode``, an image that does not decode, or a Hub dataset that cannot be loaded
+            (unreachable Hub, unknown name, configuration or split); the message is one line.
     """
     if (dataset_name is None) == (data_dir is None):
         raise ValueError("pass exactly one of dataset_name (digits, mnist or a Hub dataset id) and data_dir")

@@ -26,8 +26,12 @@ import time
 
 import torch
 
+from .data import load_image_data
+from .evaluation import extract_features, frechet_distance, load_feature_extractor
+from .pipelines import ScoreSdePipeline
 from .schedulers import SubVPSDEScheduler, VESDEScheduler, VPSDEScheduler
 from .toy import ExactScoreModel, GaussianMixture
+from .training import TrainingConfig, train
 
 CONFIGS = [
     ("VE", VESDEScheduler, {"predictor": "reverse_diffusion", "corrector": "langevin"}),
@@ -142,8 +146,6 @@ def gaussian_baseline_bits_per_dim(train: torch.Tensor, test: torch.Tensor, seed
 
 def domain_fid(samples_01: torch.Tensor, reference_01: torch.Tensor) -> float:
     """Frechet distance in the feature space of the shipped digits classifier (images in ``[0, 1]``)."""
-    from .evaluation import extract_features, frechet_distance, load_feature_extractor
-
     extractor = load_feature_extractor("digits")
     fake = extract_features(extractor, samples_01).features
     real = extract_features(extractor, reference_01).features
@@ -154,10 +156,6 @@ def train_digits(
     output_dir: str, steps: int, seed: int, num_fid_samples: int, sample_steps: int, bpd_images: int = 360
 ) -> dict:
     """Train, export, sample and evaluate; return the numbers the demo prints."""
-    from .data import load_image_data
-    from .pipelines import ScoreSdePipeline
-    from .training import TrainingConfig, train
-
     config = TrainingConfig(
         dataset_name="digits",
         model_preset="ddpmpp-tiny",

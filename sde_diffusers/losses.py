@@ -15,6 +15,11 @@ re-derived here.
   optionally variance-reduced (Song et al., 2019).
 * :func:`exact_score_matching_loss`: Hyvärinen's implicit score matching with the full Jacobian trace
   (``D`` backward passes: for low-dimensional data).
+* :func:`soft_score_matching_loss`: Soft Score Matching (Daras et al., 2022) of an ``x_0``-predicting network under
+  any :class:`~sde_diffusers.corruption.LinearCorruption` ``x_t = C_t x_0 + s_t z`` (blur + noise, or a Gaussian SDE).
+
+The continuous losses corrupt the data through the corruption strategy
+(:class:`~sde_diffusers.corruption.GaussianCorruption` for an SDE), so ``x_t`` is built in one place for every loss.
 
 Per-sample reduction (``reduce_mean``), as in score_sde: ``True`` averages the squared error over data
 dimensions; ``False`` takes half its sum (the usual ``1/2 ||.||^2``). Every loss returns the batch mean,
@@ -31,7 +36,10 @@ from collections.abc import Callable
 
 import torch
 
+from .corruption import GaussianCorruption, LinearCorruption, as_corruption
+from .corruption.base import check_batch, check_noise
 from .sde import SDE, VESDE, VPSDE, ScoreFn, broadcast_to
+from .validation import check_choice, check_int, check_positive
 
 __all__ = [
     "PROJECTION_TYPES",
@@ -41,46 +49,17 @@ __all__ = [
     "ddpm_loss",
     "sliced_score_matching_loss",
     "exact_score_matching_loss",
+    "SOFT_WEIGHTINGS",
+    "soft_score_matching_loss",
 ]
 
 PROJECTION_TYPES = ("rademacher", "gaussian")
+SOFT_WEIGHTINGS = ("score", "uniform")
 
 LossReturn = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 # ---- shared helpers ----------------------------------------------------------------------------------
-def _check_sde(sde: object) -> SDE:
-    if not isinstance(sde, SDE):
-        raise TypeError(f"sde must be an sde_diffusers.SDE (VESDE, VPSDE or SubVPSDE), got {type(sde).__name__}")
-    return sde
-
-
-def _check_batch(name: str, x: object) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (batch, ...) with at least one data dimension, got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    return x
-
-
-def _check_eps(eps: float, sde: SDE) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0.0 < eps < sde.T:
-        raise ValueError(f"eps must be a number in (0, T) = (0, {sde.T}), got {eps!r}")
-    return float(eps)
-
-
-def _check_noise(noise: torch.Tensor | None, x0: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    if noise is None:
-        return torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    if not isinstance(noise, torch.Tensor):
-        raise TypeError(f"noise must be a torch.Tensor, got {type(noise).__name__}")
-    if noise.shape != x0.shape:
-        raise ValueError(f"noise must have the shape of the data {tuple(x0.shape)}, got {tuple(noise.shape)}")
-    return noise.to(device=x0.device, dtype=x0.dtype)
-
-
 def _check_output(name: str, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     out = getattr(out, "sample", out)
     if not isinstance(out, torch.Tensor) or out.shape != x.shape:
@@ -121,31 +100,27 @@ def sample_time(
         generator (`torch.Generator`, *optional*): for reproducible draws (on ``device``).
         device, dtype: of the result.
     """
-    _check_sde(sde)
-    eps = _check_eps(eps, sde)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    u = torch.rand(batch_size, generator=generator, device=device, dtype=dtype)
-    return u * (sde.T - eps) + eps
+    corruption = GaussianCorruption(sde, eps)
+    check_int("batch_size", batch_size, 1)
+    return corruption.sample_time(batch_size, generator=generator, device=device, dtype=dtype)
 
 
 def _dsm_per_sample(
     score_fn: ScoreFn,
-    sde: SDE,
+    corruption: GaussianCorruption,
     x0: torch.Tensor,
     t: torch.Tensor,
     noise: torch.Tensor,
     reduce_mean: bool,
     likelihood_weighting: bool,
 ) -> torch.Tensor:
-    """DSM at given times and noise: the single implementation behind the continuous and SMLD losses."""
-    mean, std = sde.marginal_prob(x0, t)
-    std_b = broadcast_to(std, x0)
-    x_t = mean + std_b * noise
+    """DSM at given (validated) times and noise: the single implementation behind the continuous and SMLD losses."""
+    x_t = corruption._corrupt(x0, t, noise)
+    std_b = broadcast_to(corruption._noise_std(t), x0)
     score = _check_output("score_fn", score_fn(x_t, t), x_t)
     if likelihood_weighting:
         # lambda(t) = g(t)^2 on the unscaled score error: the ELBO weighting.
-        g2 = sde.sde(torch.zeros_like(x0), t)[1] ** 2
+        g2 = corruption.sde.sde(torch.zeros_like(x0), t)[1] ** 2
         return _reduce((score + noise / std_b) ** 2, reduce_mean) * g2
     # lambda(t) = std(t)^2: (std * score + z)^2, unit scale at every noise level.
     return _reduce((score * std_b + noise) ** 2, reduce_mean)
@@ -191,20 +166,14 @@ def denoising_score_matching_loss(
     Returns:
         `torch.Tensor`: the batch-mean loss, or ``(loss, per_sample)`` with ``per_sample`` of shape ``(batch,)``.
     """
-    _check_sde(sde)
-    x0 = _check_batch("x0", x0)
-    eps = _check_eps(eps, sde)
+    corruption = GaussianCorruption(sde, eps)
+    x0 = check_batch(x0, "x0")
     if t is None:
-        t = sample_time(sde, x0.shape[0], eps, generator=generator, device=x0.device, dtype=x0.dtype)
+        t = corruption.sample_time(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
     else:
-        sde.check_time(t, x0)
-        if not t.is_floating_point() or bool(((t < 0) | (t > sde.T)).any()):
-            raise ValueError(f"t must be floating-point times in [0, T] = [0, {sde.T}]")
-        t = t.to(device=x0.device, dtype=x0.dtype)
-        if bool((sde.marginal_coeffs(t)[1] <= 0).any()):
-            raise ValueError("t must give a positive perturbation std (VP / sub-VP need t > 0)")
-    noise = _check_noise(noise, x0, generator)
-    per_sample = _dsm_per_sample(score_fn, sde, x0, t, noise, reduce_mean, likelihood_weighting)
+        t = corruption.check_time(t, x0).to(device=x0.device, dtype=x0.dtype)
+    noise = check_noise(noise, x0, generator)
+    per_sample = _dsm_per_sample(score_fn, corruption, x0, t, noise, reduce_mean, likelihood_weighting)
     return _finish(per_sample, return_per_sample)
 
 
@@ -227,10 +196,7 @@ def _check_indices(
 
 
 def _num_levels(name: str, value: int | None, default: int) -> int:
-    n = default if value is None else value
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
-    return n
+    return default if value is None else check_int(name, value, 2)
 
 
 # ---- discrete losses ---------------------------------------------------------------------------------
@@ -270,12 +236,12 @@ def smld_loss(
     """
     if not isinstance(sde, VESDE):
         raise TypeError(f"smld_loss needs a VESDE, got {type(sde).__name__}; use ddpm_loss for VP")
-    x0 = _check_batch("x0", x0)
+    x0 = check_batch(x0, "x0")
     n = _num_levels("num_scales", num_scales, sde.N)
     idx = _check_indices(timesteps, x0.shape[0], n, x0.device, generator)
-    noise = _check_noise(noise, x0, generator)
+    noise = check_noise(noise, x0, generator)
     t = idx.to(x0.dtype) / (n - 1)
-    per_sample = _dsm_per_sample(score_fn, sde, x0, t, noise, reduce_mean, likelihood_weighting=False)
+    per_sample = _dsm_per_sample(score_fn, GaussianCorruption(sde), x0, t, noise, reduce_mean, False)
     return _finish(per_sample, return_per_sample)
 
 
@@ -316,10 +282,10 @@ def ddpm_loss(
     """
     if not isinstance(sde, VPSDE):
         raise TypeError(f"ddpm_loss needs a VPSDE (the DDPM chain), got {type(sde).__name__}")
-    x0 = _check_batch("x0", x0)
+    x0 = check_batch(x0, "x0")
     n = _num_levels("num_steps", num_steps, sde.N)
     idx = _check_indices(timesteps, x0.shape[0], n, x0.device, generator)
-    noise = _check_noise(noise, x0, generator)
+    noise = check_noise(noise, x0, generator)
     # Marginal of the SDE's own discrete chain x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z.
     # (float64 on the CPU for the long product, then the data's device and dtype: MPS has no float64.)
     alphas_cumprod = sde.discrete_alphas_cumprod(n)
@@ -383,13 +349,15 @@ def sliced_score_matching_loss(
         `torch.Tensor`: the batch-mean loss (differentiable w.r.t. ``score_fn``'s parameters), or
         ``(loss, per_sample)``.
     """
-    x = _check_batch("x", x)
-    if not isinstance(projection_type, str) or projection_type.lower() not in PROJECTION_TYPES:
-        raise ValueError(f"projection_type must be one of {PROJECTION_TYPES}, got {projection_type!r}")
-    if isinstance(num_projections, bool) or not isinstance(num_projections, int) or num_projections < 1:
-        raise ValueError(f"num_projections must be a positive integer, got {num_projections!r}")
+    x = check_batch(x, "x")
+    projection_type = check_choice(
+        "projection_type",
+        projection_type.lower() if isinstance(projection_type, str) else projection_type,
+        PROJECTION_TYPES,
+    )
+    check_int("num_projections", num_projections, 1)
     if projections is None:
-        projections = _draw_projections(projection_type.lower(), num_projections, x, generator)
+        projections = _draw_projections(projection_type, num_projections, x, generator)
     elif not isinstance(projections, torch.Tensor) or projections.shape != (num_projections, *x.shape):
         shape = tuple(projections.shape) if isinstance(projections, torch.Tensor) else type(projections).__name__
         raise ValueError(f"projections must have shape {(num_projections, *x.shape)}, got {shape}")
@@ -436,7 +404,7 @@ def exact_score_matching_loss(
         `torch.Tensor`: the batch-mean loss (differentiable w.r.t. ``score_fn``'s parameters), or
         ``(loss, per_sample)``.
     """
-    x = _check_batch("x", x)
+    x = check_batch(x, "x")
     x_req = x.detach().requires_grad_(True)
     with torch.enable_grad():
         score = _check_output("score_fn", _call_score(score_fn, x_req, t), x_req)
@@ -452,17 +420,11 @@ def exact_score_matching_loss(
     return _finish(per_sample, return_per_sample)
 
 
-# ---- Soft Score Matching ----
-# Soft Diffusion (Daras et al. 2022). Self-contained: it uses none of the helpers above.
-__all__ += ["SOFT_WEIGHTINGS", "soft_score_matching_loss"]
-
-SOFT_WEIGHTINGS = ("score", "uniform")
-
-
+# ---- Soft Score Matching -----------------------------------------------------------------------------
 def soft_score_matching_loss(
     model_fn: Callable[..., torch.Tensor],
     x0: torch.Tensor,
-    corruption: object,
+    corruption: LinearCorruption | object,
     *,
     t: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
@@ -472,13 +434,16 @@ def soft_score_matching_loss(
     reduce_mean: bool = True,
     return_per_sample: bool = False,
     **model_kwargs,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> LossReturn:
     r"""Soft Score Matching: ``w(t) reduce(|| C_t (h(x_t, t) - x_0) ||^2)`` with ``x_t = C_t x_0 + s_t z``.
 
     The network ``h`` predicts the clean image ``x_0``; the loss only asks that its prediction, *after
-    corruption*, matches the corrupted target, so errors in frequencies the blur removes cost nothing. Its
-    minimiser satisfies ``C_t h = C_t E[x_0 | x_t]``, which is all the score
+    corruption*, matches the corrupted target, so errors in what ``C_t`` removes (frequencies a blur damps) cost
+    nothing. Its minimiser satisfies ``C_t h = C_t E[x_0 | x_t]``, which is all the score
     ``grad log p_t(x_t) = (C_t h - x_t) / s_t^2`` and the samplers of :mod:`sde_diffusers.sampling.soft` use.
+    The corruption is any :class:`~sde_diffusers.corruption.LinearCorruption`: Soft Diffusion's blur + noise, or
+    a Gaussian SDE (:class:`~sde_diffusers.corruption.GaussianCorruption`, ``C_t = m(t) I``), for which the loss is
+    denoising score matching of an ``x_0``-predicting network.
 
     Weightings ``w(t)``:
 
@@ -492,16 +457,16 @@ def soft_score_matching_loss(
     Args:
         model_fn (`Callable`): ``model_fn(x_t, t * time_scale, **model_kwargs)`` returning ``x_0``'s estimate
             (a tensor of ``x0``'s shape or an object with ``.sample``, e.g. a ``UNet2DModel``).
-        x0 (`torch.Tensor` of shape `(batch, channels, H, W)`): clean images.
-        corruption (`CorruptionSchedule` or `SoftDiffusionScheduler`): the corruption levels; a scheduler
-            contributes its ``corruption`` and, by default, its model time scale.
-        t (`torch.Tensor` of shape `(batch,)`, *optional*): times in ``[0, 1]``; drawn ``U(0, 1)`` otherwise.
+        x0 (`torch.Tensor` of shape `(batch, ...)`): clean data (images ``(batch, channels, H, W)`` for a blur).
+        corruption (`LinearCorruption` or `SoftDiffusionScheduler`): the corruption; a scheduler contributes its
+            ``corruption`` and, by default, its model time scale.
+        t (`torch.Tensor` of shape `(batch,)`, *optional*): times; drawn ``U(t_min, T)`` of the corruption
+            (``U(0, 1)`` for a blur schedule) otherwise.
         noise (`torch.Tensor`, *optional*): ``z``, shape of ``x0``; drawn otherwise.
         generator (`torch.Generator`, *optional*): for the drawn ``t`` and ``z`` (on ``x0``'s device).
         weighting (`str` or `Callable`, defaults to `"score"`): ``"score"``, ``"uniform"`` or ``w(t)``.
-        time_scale (`float`, *optional*): the network sees ``t * time_scale``. Defaults to 1 for a
-            ``CorruptionSchedule`` and to ``num_train_timesteps - 1`` for a ``SoftDiffusionScheduler``
-            (the scale of its ``timesteps``).
+        time_scale (`float`, *optional*): the network sees ``t * time_scale``. Defaults to 1 for a corruption
+            and to ``num_train_timesteps - 1`` for a ``SoftDiffusionScheduler`` (the scale of its ``timesteps``).
         reduce_mean (`bool`, defaults to `True`): mean over data dimensions (else half the sum).
         return_per_sample (`bool`, defaults to `False`): also return the per-sample losses.
         **model_kwargs: passed to ``model_fn`` (e.g. ``class_labels``).
@@ -509,51 +474,30 @@ def soft_score_matching_loss(
     Returns:
         `torch.Tensor`: the batch-mean loss, or ``(loss, per_sample)`` with ``per_sample`` of shape ``(batch,)``.
     """
-    from .corruption import CorruptionSchedule
-
-    schedule = getattr(corruption, "corruption", corruption)
-    if not isinstance(schedule, CorruptionSchedule):
-        raise TypeError(
-            f"corruption must be a CorruptionSchedule or a SoftDiffusionScheduler, got {type(corruption).__name__}"
-        )
+    strategy = as_corruption(corruption)
     if time_scale is None:
-        time_scale = float(corruption.config.num_train_timesteps - 1) if schedule is not corruption else 1.0
-    elif isinstance(time_scale, bool) or not isinstance(time_scale, (int, float)) or not time_scale > 0:
-        raise ValueError(f"time_scale must be a positive number, got {time_scale!r}")
-    if not (callable(weighting) or weighting in SOFT_WEIGHTINGS):
-        raise ValueError(f"weighting must be one of {SOFT_WEIGHTINGS} or a callable w(t), got {weighting!r}")
-    schedule.check_images(x0, "x0")
-    if x0.shape[0] == 0:
-        raise ValueError("x0 must hold at least one image")
-    if t is None:
-        t = torch.rand(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
+        time_scale = 1.0 if strategy is corruption else float(corruption.config.num_train_timesteps - 1)
     else:
-        schedule.check_time(t, x0)
-        t = t.to(device=x0.device, dtype=x0.dtype)
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    elif not isinstance(noise, torch.Tensor):
-        raise TypeError(f"noise must be a torch.Tensor, got {type(noise).__name__}")
-    elif noise.shape != x0.shape:
-        raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got {tuple(noise.shape)}")
+        time_scale = check_positive("time_scale", time_scale)
+    if not callable(weighting):
+        check_choice("weighting", weighting, SOFT_WEIGHTINGS)
+    x0 = strategy.check_images(x0, "x0")
+    if t is None:
+        t = strategy.sample_time(x0.shape[0], generator=generator, device=x0.device, dtype=x0.dtype)
+    else:
+        t = strategy.check_time(t, x0).to(device=x0.device, dtype=x0.dtype)
+    noise = check_noise(noise, x0, generator)
 
-    x_t = schedule.corrupt(x0, t, noise.to(device=x0.device, dtype=x0.dtype))
-    out = model_fn(x_t, t * time_scale, **model_kwargs)
-    out = getattr(out, "sample", out)
-    if not isinstance(out, torch.Tensor) or out.shape != x0.shape:
-        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(f"model_fn must return a tensor of x0's shape {tuple(x0.shape)}, got {got}")
-    # C_t is linear: C_t h - C_t x0 = C_t (h - x0), one blur instead of two.
-    sq = schedule.blur(out - x0, t).pow(2).reshape(x0.shape[0], -1)
-    per_sample = sq.mean(dim=1) if reduce_mean else 0.5 * sq.sum(dim=1)
+    x_t = strategy._corrupt(x0, t, noise)
+    x0_hat = _check_output("model_fn", model_fn(x_t, t * time_scale, **model_kwargs), x0)
+    # C_t is linear: C_t h - C_t x0 = C_t (h - x0), one application instead of two.
+    per_sample = _reduce(strategy._degrade(x0_hat - x0, t).pow(2), reduce_mean)
     if weighting == "score":
-        w = schedule.noise_std(t).pow(-2)
+        w = strategy._noise_std(t).pow(-2)
     elif weighting == "uniform":
         w = torch.ones_like(per_sample)
     else:
         w = weighting(t)
         if not isinstance(w, torch.Tensor) or w.shape != per_sample.shape:
             raise ValueError(f"weighting(t) must return a tensor of shape ({x0.shape[0]},)")
-    per_sample = per_sample * w.to(per_sample.dtype)
-    loss = per_sample.mean()
-    return (loss, per_sample) if return_per_sample else loss
+    return _finish(per_sample * w.to(per_sample.dtype), return_per_sample)

@@ -202,7 +202,7 @@ def test_blur_bad_input():
         BLUR(np.ones((8, 8)), 1.0)
     with pytest.raises(ValueError, match="at least 2 dimensions"):
         BLUR(torch.rand(8), 1.0)
-    with pytest.raises(ValueError, match="n must be"):
+    with pytest.raises(ValueError, match="`n` must be"):
         dct_matrix(0)
     with pytest.raises(TypeError, match="dtype"):
         dct_matrix(4, torch.int32)

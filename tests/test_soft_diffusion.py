@@ -399,7 +399,7 @@ def test_scheduler_bad_input():
         SoftDiffusionScheduler(blur_sigmas=[0.0, 1.0])
     with pytest.raises(ValueError, match="non-decreasing"):
         SoftDiffusionScheduler(blur_sigmas=[0.0, 2.0, 1.0], noise_stds=[0.1, 0.1, 0.2])
-    with pytest.raises(ValueError, match="noise_min must be finite and > 0"):
+    with pytest.raises(ValueError, match="`noise_min` must lie in \\(0.0, inf\\)"):
         SoftDiffusionScheduler(noise_min=0.0)
     with pytest.raises(ValueError, match="noise levels <= 0"):
         SoftDiffusionScheduler(blur_sigmas=[0.0, 1.0], noise_stds=[0.0, 0.1])

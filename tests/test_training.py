@@ -4,6 +4,7 @@ Runs use the tiny DDPM++ on the 8x8 digits with small batches on one thread, so 
 second or two; subprocess runs (SIGKILL, torchrun) pay an interpreter start each.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -31,7 +32,7 @@ from sde_diffusers.training import (
     validate_config,
 )
 from sde_diffusers.training import checkpointing as ckpt
-from sde_diffusers.training.train_score_sde import _Trainer
+from sde_diffusers.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "training" / "train_score_sde.py"
@@ -154,19 +155,31 @@ def finished_run(tmp_path_factory):
 # ---- learning --------------------------------------------------------------------------------------------
 def test_one_step_changes_the_weights_and_lowers_the_loss_on_a_fixed_batch(tmp_path):
     plan = validate_config(tiny(tmp_path, use_ema=False, lr_warmup_steps=0))
-    trainer = _Trainer(plan)
-    trainer._setup(plan.config)
-    batch = trainer._micro_batch(plan.config)
+    trainer = Trainer(plan)
+    trainer._setup()
+    batch = trainer._micro_batch()
     before = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
     with torch.no_grad():
-        loss_before = float(trainer._loss(plan.config, *batch))
-    step_loss = float(trainer._train_step(plan.config, [batch]))
+        loss_before = float(trainer._loss(*batch))
+    step_loss = float(trainer._train_step([batch]))
     with torch.no_grad():
-        loss_after = float(trainer._loss(plan.config, *batch))
+        loss_after = float(trainer._loss(*batch))
     changed = [k for k, v in trainer.raw_model.state_dict().items() if not torch.equal(v, before[k])]
     assert changed, "one optimizer step left every weight unchanged"
     assert step_loss == pytest.approx(loss_before, rel=1e-6)
     assert loss_after < loss_before
+
+
+def test_validation_resolves_defaults_into_the_plan_without_changing_the_config(tmp_path):
+    cfg = tiny(tmp_path, model_preset="ncsnpp-tiny", loss="smld")
+    before = dataclasses.asdict(cfg)
+    plan = validate_config(cfg)
+    assert dataclasses.asdict(cfg) == before and cfg.sde is None and cfg.reduce_mean is None
+    # The preset's SDE, score_sde's reduction for VE, the data's size and the largest pairwise distance.
+    resolved = plan.config
+    assert (resolved.sde, resolved.reduce_mean, resolved.resolution) == ("ve", False, 8)
+    assert 5.0 < resolved.sigma_max < 16.0 and plan.scheduler.config.sigma_max == resolved.sigma_max
+    assert plan.corruption.name == "gaussian" and plan.sde is plan.scheduler.sde
 
 
 def test_a_short_run_on_digits_learns(tmp_path):

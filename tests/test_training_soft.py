@@ -19,10 +19,12 @@ from sde_diffusers.training import (
     TrainingConfig,
     TrainingInputError,
     list_checkpoints,
+    main,
     read_trainer_state,
     train,
+    validate_config,
 )
-from sde_diffusers.training.train_score_sde import _Trainer, main, validate_config
+from sde_diffusers.training.trainer import Trainer
 
 UNET = "unet/diffusion_pytorch_model.safetensors"
 
@@ -89,15 +91,15 @@ def test_the_step_loss_is_soft_score_matching_on_the_fitted_schedule(tmp_path, w
     # The schedule is fitted to the data: W2-spaced levels (not the default geometric path) and the colour prior.
     assert scheduler.config.blur_sigmas is not None and len(scheduler.config.blur_sigmas) == 1000
     assert scheduler.config.prior_mean is not None and scheduler.config.image_size == [8, 8]
-    trainer = _Trainer(plan)
-    trainer._setup(plan.config)
-    x, y, t, noise = batch = trainer._micro_batch(plan.config)
+    trainer = Trainer(plan)
+    trainer._setup()
+    x, y, t, noise = batch = trainer._micro_batch()
     assert y is None and float(t.min()) >= 0.0 and float(t.max()) <= 1.0
 
     with torch.no_grad():
-        loss_before = float(trainer._loss(plan.config, *batch))
+        loss_before = float(trainer._loss(*batch))
     before = {k: v.clone() for k, v in trainer.raw_model.state_dict().items()}
-    step_loss = float(trainer._train_step(plan.config, [batch]))
+    step_loss = float(trainer._train_step([batch]))
     assert step_loss == pytest.approx(loss_before, rel=1e-6)
     assert any(not torch.equal(v, before[k]) for k, v in trainer.raw_model.state_dict().items())
 
@@ -110,7 +112,7 @@ def test_the_step_loss_is_soft_score_matching_on_the_fitted_schedule(tmp_path, w
         per_sample = scheduler.corruption.blur(residual, t).pow(2).flatten(1).mean(1)
         weight = scheduler.corruption.noise_std(t).pow(-2) if weighting == "score" else torch.ones_like(t)
         expected = float((weight * per_sample).mean())
-        loss_after = float(trainer._loss(plan.config, *batch))
+        loss_after = float(trainer._loss(*batch))
     assert loss_after == pytest.approx(expected, rel=1e-5)
     assert loss_after < loss_before
 
@@ -184,18 +186,18 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     )
     reference = train(tiny(tmp_path / "reference", **common))
 
-    real_save = _Trainer._save_checkpoint
+    real_save = Trainer._save_checkpoint
 
-    def save_then_crash(self, cfg):
-        path = real_save(self, cfg)
+    def save_then_crash(self):
+        path = real_save(self)
         if self.global_step == 4:
             raise _Crash("killed after the step-4 checkpoint")
         return path
 
-    monkeypatch.setattr(_Trainer, "_save_checkpoint", save_then_crash)
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_crash)
     with pytest.raises(_Crash):
         train(tiny(tmp_path / "victim", **common))
-    monkeypatch.setattr(_Trainer, "_save_checkpoint", real_save)
+    monkeypatch.setattr(Trainer, "_save_checkpoint", real_save)
     checkpoints = tmp_path / "victim" / "checkpoints"
     assert [p.name for p in list_checkpoints(checkpoints)] == ["checkpoint-00000004"]
     assert "scheduler/scheduler_config.json" in read_trainer_state(checkpoints / "checkpoint-00000004")["files"]

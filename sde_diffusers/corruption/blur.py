@@ -14,10 +14,9 @@ A corruption level is ``x_t = C_t x_0 + s_t * eta`` with ``C_t`` a Gaussian blur
 * :class:`CorruptionSchedule` maps a time ``t`` in ``[0, 1]`` to ``(blur_sigma(t), noise_std(t))`` by
   linear interpolation in a table of levels, checks the levels (both non-decreasing, noise > 0) and
   applies ``C_t`` and the full corruption.
-* :func:`fit_wasserstein_schedule` re-spaces the levels of a schedule so that consecutive corrupted
-  distributions are equally far apart in Wasserstein-2 distance, treating the data as a Gaussian that is
-  independent across DCT frequencies (statistics from a data batch, :class:`FrequencyStatistics`); for such
-  Gaussians the distance has a closed form per frequency (:func:`gaussian_w2`).
+  It is the :class:`~sde_diffusers.corruption.LinearCorruption` strategy of Soft Diffusion.
+
+:mod:`~sde_diffusers.corruption.wasserstein` fits the levels to data.
 
 Difference from ``scipy.ndimage.gaussian_filter(x, sigma, mode="reflect")``: scipy convolves with the
 *sampled* Gaussian (truncated at ``truncate * sigma`` and renormalised), whose frequency response is the
@@ -33,23 +32,14 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-__all__ = [
-    "DCTBlur",
-    "GaussianBlur",
-    "CorruptionSchedule",
-    "FrequencyStatistics",
-    "dct_matrix",
-    "dct2",
-    "idct2",
-    "blur_response",
-    "gaussian_w2",
-    "fit_wasserstein_schedule",
-]
+from ..validation import check_int, check_positive
+from .base import LinearCorruption
+
+__all__ = ["DCTBlur", "GaussianBlur", "CorruptionSchedule", "dct_matrix", "dct2", "idct2", "blur_response"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -78,8 +68,7 @@ def dct_matrix(n: int, dtype: torch.dtype = torch.float32, device: torch.device 
     Returns:
         `torch.Tensor` of shape `(n, n)`. Do not modify it in place: it is shared.
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_int("n", n, 1)
     if dtype not in _FLOAT_DTYPES:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
     return _dct_matrix_cached(n, dtype, torch.device(device if device is not None else "cpu"))
@@ -214,15 +203,22 @@ class DCTBlur:
             `torch.Tensor`: the blurred images, same shape and dtype as ``x``.
         """
         _check_image(x)
+        s = _as_sigma(sigma, _compute_dtype(x.dtype), x.device)
+        if s.dim() != 0 and (s.dim() != 1 or x.dim() < 3 or s.shape[0] != x.shape[0]):
+            raise ValueError(
+                f"sigma must be a scalar or have shape (batch,) = ({x.shape[0]},) for x of shape "
+                f"{tuple(x.shape)} (a per-sample sigma needs x with at least 3 dimensions), got {tuple(s.shape)}"
+            )
+        return self._apply(x, s)
+
+    __call__ = apply
+
+    def _apply(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """:meth:`apply` for validated ``x`` and ``s`` (a 0-d or ``(batch,)`` tensor of blur levels)."""
         cdt = _compute_dtype(x.dtype)
-        s = _as_sigma(sigma, cdt, x.device)
+        s = s.to(device=x.device, dtype=cdt)
         h, w = x.shape[-2], x.shape[-1]
         if s.dim() != 0:
-            if s.dim() != 1 or x.dim() < 3 or s.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"sigma must be a scalar or have shape (batch,) = ({x.shape[0]},) for x of shape "
-                    f"{tuple(x.shape)} (a per-sample sigma needs x with at least 3 dimensions), got {tuple(s.shape)}"
-                )
             if s.numel() > 0 and not s.requires_grad and bool((s == s[0]).all()):
                 # One sigma for the whole batch (every sampling step): one pair of matrices, one large product.
                 s = s[0]
@@ -233,8 +229,6 @@ class DCTBlur:
         a_h = self.matrix(h, s).reshape(view + (h, h))
         a_w = self.matrix(w, s).reshape(view + (w, w))
         return (a_h @ x.to(cdt) @ a_w.transpose(-1, -2)).to(x.dtype)
-
-    __call__ = apply
 
     @staticmethod
     def matrix(n: int, sigma: torch.Tensor) -> torch.Tensor:
@@ -279,17 +273,7 @@ def _as_levels(values: object, name: str) -> torch.Tensor:
     return t
 
 
-def _check_number(name: str, value: object, *, positive: bool = True, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or (positive and (v < 0 or (v == 0 and not allow_zero))):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
-    return v
-
-
-class CorruptionSchedule:
+class CorruptionSchedule(LinearCorruption):
     """Blur and noise levels of Soft Diffusion as functions of time ``t`` in ``[0, 1]``.
 
     The schedule is a table of ``K`` levels at ``t_i = i / (K - 1)``, linearly interpolated in between;
@@ -376,16 +360,15 @@ class CorruptionSchedule:
             :class:`CorruptionSchedule`.
         """
         h, w = _as_size(image_size, "image_size")
-        lo = _check_number("blur_sigma_min", blur_sigma_min)
-        hi = float(max(h, w)) if blur_sigma_max is None else _check_number("blur_sigma_max", blur_sigma_max)
-        n_lo = _check_number("noise_min", noise_min)
-        n_hi = _check_number("noise_max", noise_max)
+        lo = check_positive("blur_sigma_min", blur_sigma_min)
+        hi = float(max(h, w)) if blur_sigma_max is None else check_positive("blur_sigma_max", blur_sigma_max)
+        n_lo = check_positive("noise_min", noise_min)
+        n_hi = check_positive("noise_max", noise_max)
         if hi < lo:
             raise ValueError(f"blur_sigma_max ({hi}) must be >= blur_sigma_min ({lo})")
         if n_hi < n_lo:
             raise ValueError(f"noise_max ({n_hi}) must be >= noise_min ({n_lo})")
-        if not isinstance(num_levels, int) or isinstance(num_levels, bool) or num_levels < 2:
-            raise ValueError(f"num_levels must be an integer >= 2, got {num_levels!r}")
+        check_int("num_levels", num_levels, 2)
         u = torch.linspace(0.0, 1.0, num_levels, dtype=torch.float64)
         blur = lo * (hi / lo) ** u
         noise = n_lo + (n_hi - n_lo) * u
@@ -416,41 +399,31 @@ class CorruptionSchedule:
             )
         return self._tables[key]
 
-    def check_time(self, t: object, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Validate ``t`` (floating tensor of shape ``(batch,)`` with values in ``[0, 1]``) and return it."""
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"t must be a torch.Tensor of shape (batch,), got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"t must be a floating-point tensor, got dtype {t.dtype}")
-        if t.dim() != 1:
-            raise ValueError(f"t must have shape (batch,), got {tuple(t.shape)}")
-        if x is not None and (x.dim() < 3 or t.shape[0] != x.shape[0]):
-            raise ValueError(
-                f"t must have shape ({x.shape[0]},) to match images of shape {tuple(x.shape)}, got {tuple(t.shape)}"
-            )
-        if not bool(torch.isfinite(t).all()) or bool(((t < 0) | (t > 1)).any()):
-            raise ValueError(f"t must lie in [0, 1], got values from {t.min().item()} to {t.max().item()}")
-        return t
-
     def _interp(self, t: torch.Tensor, which: int) -> torch.Tensor:
-        self.check_time(t)
         table = self._table(t.device, torch.float64)[which]
         pos = t.detach().to(torch.float64) * (self.num_levels - 1)
         lo = pos.floor().clamp(0, self.num_levels - 2).long()
         frac = pos - lo
         return ((1 - frac) * table[lo] + frac * table[lo + 1]).to(t.dtype)
 
+    def _noise_std(self, t: torch.Tensor) -> torch.Tensor:
+        return self._interp(t, 1)
+
+    def _degrade(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.blur_op._apply(x, self._interp(t, 0))
+
     def blur_sigma(self, t: torch.Tensor) -> torch.Tensor:
         """Blur standard deviation (pixels) at times ``t`` (shape ``(batch,)``); same shape, dtype and device."""
-        return self._interp(t, 0)
+        return self._interp(self.check_time(t), 0)
 
     def noise_std(self, t: torch.Tensor) -> torch.Tensor:
         """Noise standard deviation at times ``t`` (shape ``(batch,)``); same shape, dtype and device."""
-        return self._interp(t, 1)
+        return self._interp(self.check_time(t), 1)
 
     def levels(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(blur_sigma(t), noise_std(t))``."""
-        return self.blur_sigma(t), self.noise_std(t)
+        self.check_time(t)
+        return self._interp(t, 0), self._interp(t, 1)
 
     def max_blur_residual(self) -> float:
         """Largest multiplier of a non-constant DCT frequency at ``t = 1`` (needs ``image_size``).
@@ -466,7 +439,7 @@ class CorruptionSchedule:
     # ---- applying it ----------------------------------------------------------------------------------
     def check_images(self, x: object, name: str = "x") -> torch.Tensor:
         """Validate a batch of images ``(batch, channels, H, W)`` against the schedule's image size."""
-        _check_image(x, name)
+        super().check_images(x, name)
         if x.dim() != 4:
             raise ValueError(f"{name} must have shape (batch, channels, height, width), got {tuple(x.shape)}")
         if self.image_size is not None and tuple(x.shape[-2:]) != self.image_size:
@@ -489,9 +462,7 @@ class CorruptionSchedule:
         Returns:
             `torch.Tensor` like ``x``.
         """
-        self.check_images(x)
-        self.check_time(t, x)
-        return self.blur_op.apply(x, self.blur_sigma(t.to(x.device)))
+        return self.degrade(x, t)
 
     def corrupt(
         self,
@@ -513,17 +484,10 @@ class CorruptionSchedule:
         Returns:
             `torch.Tensor` like ``x0``.
         """
-        self.check_images(x0, "x0")
-        self.check_time(t, x0)
-        if noise is None:
+        if noise is None and isinstance(generator, list):  # one generator per image, as Diffusers' pipelines pass
+            self.check_images(x0, "x0")
             noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        elif not isinstance(noise, torch.Tensor):
-            raise TypeError(f"noise must be a torch.Tensor, got {type(noise).__name__}")
-        elif noise.shape != x0.shape:
-            raise ValueError(f"noise has shape {tuple(noise.shape)}, expected x0's {tuple(x0.shape)}")
-        t = t.to(x0.device)
-        s = self.noise_std(t).to(x0.dtype).reshape((-1,) + (1,) * (x0.dim() - 1))
-        return self.blur_op.apply(x0, self.blur_sigma(t)) + s * noise.to(x0.dtype)
+        return super().corrupt(x0, t, noise, generator=generator)
 
     def __repr__(self) -> str:
         return (
@@ -531,159 +495,3 @@ class CorruptionSchedule:
             f"{float(self._blur[-1]):.4g}, noise_std={float(self._noise[0]):.4g}..{float(self._noise[-1]):.4g}, "
             f"image_size={self.image_size})"
         )
-
-
-# ---- Wasserstein-2 spacing ----------------------------------------------------------------------------
-@dataclass
-class FrequencyStatistics:
-    """Per-DCT-frequency mean and variance of a data set: a Gaussian model diagonal in the DCT basis.
-
-    Args:
-        mean (`torch.Tensor` of shape `(channels, H, W)`): mean of each DCT-II coefficient.
-        var (`torch.Tensor` of shape `(channels, H, W)`): variance of each coefficient, >= 0.
-    """
-
-    mean: torch.Tensor
-    var: torch.Tensor
-
-    def __post_init__(self) -> None:
-        for name in ("mean", "var"):
-            v = getattr(self, name)
-            if not isinstance(v, torch.Tensor) or not v.is_floating_point():
-                raise TypeError(f"{name} must be a floating-point torch.Tensor")
-            if v.dim() != 3:
-                raise ValueError(f"{name} must have shape (channels, H, W), got {tuple(v.shape)}")
-        if self.mean.shape != self.var.shape:
-            raise ValueError(f"mean {tuple(self.mean.shape)} and var {tuple(self.var.shape)} must have the same shape")
-        if bool((self.var < 0).any()):
-            raise ValueError("var must be >= 0")
-
-    @classmethod
-    def from_images(cls, images: torch.Tensor) -> FrequencyStatistics:
-        """Estimate the statistics from a batch of images ``(batch, channels, H, W)`` (batch >= 2)."""
-        _check_image(images, "images")
-        if images.dim() != 4 or images.shape[0] < 2:
-            raise ValueError(f"images must have shape (batch >= 2, channels, H, W), got {tuple(images.shape)}")
-        coeffs = dct2(images.detach().to(torch.float64))
-        return cls(mean=coeffs.mean(0), var=coeffs.var(0, unbiased=False))
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """``(H, W)``."""
-        return int(self.mean.shape[-2]), int(self.mean.shape[-1])
-
-
-def gaussian_w2(
-    stats: FrequencyStatistics,
-    blur_a: torch.Tensor | float,
-    noise_a: torch.Tensor | float,
-    blur_b: torch.Tensor | float,
-    noise_b: torch.Tensor | float,
-) -> torch.Tensor:
-    """Wasserstein-2 distance between two corrupted versions of the Gaussian data model ``stats``.
-
-    With the data coefficient ``X_k ~ N(m_k, v_k)`` and blur multiplier ``r_k``, the corrupted coefficient is
-    ``N(r_k m_k, r_k^2 v_k + s^2)``, independent across frequencies; between two such diagonal Gaussians
-    ``W2^2 = sum_k (r_k - r'_k)^2 m_k^2 + (sqrt(r_k^2 v_k + s^2) - sqrt(r'_k^2 v_k + s'^2))^2``.
-
-    Args:
-        stats (:class:`FrequencyStatistics`): the data model.
-        blur_a, noise_a, blur_b, noise_b (`float` or `torch.Tensor`, broadcastable): the two levels.
-
-    Returns:
-        `torch.Tensor` (float64) of the broadcast shape of the levels.
-    """
-    if not isinstance(stats, FrequencyStatistics):
-        raise TypeError(f"stats must be a FrequencyStatistics, got {type(stats).__name__}")
-    levels = torch.broadcast_tensors(
-        *(torch.as_tensor(v, dtype=torch.float64) for v in (blur_a, noise_a, blur_b, noise_b))
-    )
-    sa, na, sb, nb = (v.reshape(-1) for v in levels)
-    if bool((na <= 0).any()) or bool((nb <= 0).any()):
-        raise ValueError("noise levels must be > 0")
-    out = _w2_terms(stats, sa, na, sb, nb)
-    return out.reshape(levels[0].shape)
-
-
-def _w2_terms(
-    stats: FrequencyStatistics, sa: torch.Tensor, na: torch.Tensor, sb: torch.Tensor, nb: torch.Tensor
-) -> torch.Tensor:
-    size = stats.image_size
-    m = stats.mean.to(torch.float64).unsqueeze(0)
-    v = stats.var.to(torch.float64).unsqueeze(0)
-    ra = blur_response(sa, size).unsqueeze(1)  # (levels, 1, H, W)
-    rb = blur_response(sb, size).unsqueeze(1)
-    sd_a = torch.sqrt(ra**2 * v + na.reshape(-1, 1, 1, 1) ** 2)
-    sd_b = torch.sqrt(rb**2 * v + nb.reshape(-1, 1, 1, 1) ** 2)
-    w2sq = ((ra - rb) ** 2 * m**2 + (sd_a - sd_b) ** 2).sum(dim=(1, 2, 3))
-    return torch.sqrt(w2sq)
-
-
-def fit_wasserstein_schedule(
-    data: torch.Tensor | FrequencyStatistics,
-    *,
-    path: CorruptionSchedule | None = None,
-    num_levels: int = 1000,
-    num_candidates: int = 4096,
-    **default_kwargs,
-) -> CorruptionSchedule:
-    """Re-space the levels of a schedule so that consecutive ones are equally far apart in W2 distance.
-
-    The ``path`` fixes *which* (blur, noise) pairs are used, in order; this chooses *where* along it the
-    ``num_levels`` levels sit. The path is sampled at ``num_candidates`` points, the W2 distance between
-    neighbouring candidates (closed form, :func:`gaussian_w2`) is accumulated into an arc length, and the
-    levels are placed at equal arc-length steps. Where the data has much energy (coarse structure removed
-    by a blur step) the levels crowd; where little changes they thin out.
-
-    Args:
-        data (`torch.Tensor` of shape `(batch, channels, H, W)` or :class:`FrequencyStatistics`): a data batch
-            (its per-frequency means and variances are estimated) or the statistics themselves.
-        path (:class:`CorruptionSchedule`, optional): the levels to re-space; defaults to
-            ``CorruptionSchedule.default(image_size, **default_kwargs)``.
-        num_levels (`int`, defaults to 1000): levels of the fitted schedule.
-        num_candidates (`int`, defaults to 4096): resolution of the arc-length integration.
-        **default_kwargs: ``blur_sigma_min``, ``blur_sigma_max``, ``noise_min``, ``noise_max`` of the
-            default path (only without ``path``).
-
-    Returns:
-        :class:`CorruptionSchedule` with the path's image size.
-    """
-    stats = data if isinstance(data, FrequencyStatistics) else FrequencyStatistics.from_images(data)
-    if not isinstance(num_levels, int) or isinstance(num_levels, bool) or num_levels < 2:
-        raise ValueError(f"num_levels must be an integer >= 2, got {num_levels!r}")
-    if not isinstance(num_candidates, int) or isinstance(num_candidates, bool) or num_candidates < num_levels:
-        raise ValueError(f"num_candidates must be an integer >= num_levels ({num_levels}), got {num_candidates!r}")
-    if path is None:
-        path = CorruptionSchedule.default(stats.image_size, **default_kwargs)
-    elif default_kwargs:
-        raise ValueError(f"pass either path or default-path arguments, not both (got {sorted(default_kwargs)})")
-    elif not isinstance(path, CorruptionSchedule):
-        raise TypeError(f"path must be a CorruptionSchedule, got {type(path).__name__}")
-    if path.image_size is not None and path.image_size != stats.image_size:
-        raise ValueError(f"the data's images are {stats.image_size} but path was built for {path.image_size}")
-
-    u = torch.linspace(0.0, 1.0, num_candidates, dtype=torch.float64)
-    blur, noise = path.levels(u)
-    # Distances between neighbours (i, i + 1), in chunks to bound memory (levels x channels x H x W).
-    chunks = []
-    for i in range(0, num_candidates - 1, 256):
-        j = min(i + 256, num_candidates - 1)
-        chunks.append(_w2_terms(stats, blur[i:j], noise[i:j], blur[i + 1 : j + 1], noise[i + 1 : j + 1]))
-    steps = torch.cat(chunks)
-    arc = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(steps, 0)])
-    if not float(arc[-1]) > 0:
-        raise ValueError("the path does not change the data distribution (zero W2 length); nothing to space")
-    targets = torch.linspace(0.0, float(arc[-1]), num_levels, dtype=torch.float64)
-    # Invert the (non-decreasing) arc length by linear interpolation between candidates.
-    idx = torch.searchsorted(arc, targets, right=False).clamp(1, num_candidates - 1)
-    a0, a1 = arc[idx - 1], arc[idx]
-    frac = torch.where(a1 > a0, (targets - a0) / (a1 - a0), torch.zeros_like(targets))
-    u_new = (u[idx - 1] + frac * (u[idx] - u[idx - 1])).clamp(0.0, 1.0)
-    u_new[0], u_new[-1] = 0.0, 1.0
-    blur_new, noise_new = path.levels(u_new)
-    # Rounding can make neighbours differ by -1e-16; the path itself is monotone.
-    return CorruptionSchedule(
-        torch.cummax(blur_new, 0).values,
-        torch.cummax(noise_new, 0).values,
-        image_size=stats.image_size,
-    )
