@@ -38,6 +38,7 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 _PRECISION_BITS = 22  # Pillow's 8-bit resampling: 32 - 8 - 2 fractional bits
+_CHUNK = 16  # images preprocessed at a time
 # PIL.Image.Resampling codes, as stored in preprocessor_config.json ("resample": 3)
 _PIL_CODES = {1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
@@ -290,7 +291,7 @@ class ImagePreprocessing:
     # Running
     # ------------------------------------------------------------------------------------------------------
     def _resample(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """Pillow's two passes (horizontal, then vertical) on float64 pixels in ``[0, 255]``."""
+        """Pillow's two passes (horizontal, then vertical) on pixels in ``[0, 255]``."""
         fixed = self.arithmetic == "uint8"
         for axis, (n_in, n_out) in ((3, (x.shape[3], size[1])), (2, (x.shape[2], size[0]))):
             if n_in == n_out:
@@ -299,7 +300,7 @@ class ImagePreprocessing:
             x = x @ matrix.T if axis == 3 else matrix @ x
             if fixed:
                 # Pillow: add half, shift out the fractional bits (a floor), clip to 8 bits
-                x = torch.floor((x + (1 << (_PRECISION_BITS - 1))) / (1 << _PRECISION_BITS)).clamp_(0.0, 255.0)
+                x = x.add_(1 << (_PRECISION_BITS - 1)).mul_(2.0**-_PRECISION_BITS).floor_().clamp_(0.0, 255.0)
         return x
 
     def _center_crop(self, x: torch.Tensor) -> torch.Tensor:
@@ -335,14 +336,21 @@ class ImagePreprocessing:
             x = x.expand(-1, 3, -1, -1)
         elif x.shape[1] != 3:
             raise ValueError(f"images must have 1 (grayscale) or 3 (RGB) channels, got {x.shape[1]}")
-        # float64: Pillow's fixed-point sums are integers below 2**53, so they stay exact
-        x = x.to(device=device if device is not None else x.device, dtype=torch.float64) * 255.0
-        if self.arithmetic == "uint8":
-            x = x.round()  # a PIL image holds 8-bit values (round half to even: exact for uint8 input)
-        if self.resize is not None:
-            x = self._resample(x, self.resized_size(*x.shape[-2:]))
-        if self.crop_size is not None:
-            x = self._center_crop(x)
-        mean = torch.tensor(self.image_mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.image_std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return ((x * self.rescale_factor - mean) / std).float()
+        device = torch.device(device) if device is not None else x.device
+        # float64 for Pillow's arithmetic: its fixed-point sums are integers below 2**53, so they stay exact
+        dtype = torch.float64 if self.arithmetic == "uint8" else torch.float32
+        std = torch.tensor(self.image_std, dtype=dtype, device=device).view(1, 3, 1, 1)
+        scale = self.rescale_factor / std
+        shift = -torch.tensor(self.image_mean, dtype=dtype, device=device).view(1, 3, 1, 1) / std
+        out = torch.empty(x.shape[0], 3, *self.output_size(*x.shape[-2:]), dtype=torch.float32, device=device)
+        # a few images at a time: float64 intermediates of a whole batch would take gigabytes
+        for first in range(0, x.shape[0], _CHUNK):
+            chunk = x[first : first + _CHUNK].to(device=device, dtype=dtype) * 255.0
+            if self.arithmetic == "uint8":
+                chunk = chunk.round_()  # a PIL image holds 8-bit values
+            if self.resize is not None:
+                chunk = self._resample(chunk, self.resized_size(*chunk.shape[-2:]))
+            if self.crop_size is not None:
+                chunk = self._center_crop(chunk)
+            out[first : first + _CHUNK] = torch.addcmul(shift, chunk, scale)  # rescale and normalise in one pass
+        return out
