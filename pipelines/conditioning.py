@@ -23,13 +23,17 @@ import torch
 import torch.nn.functional as F
 
 from sde_diffusers.parameterization import model_time
-from sde_diffusers.sde import SDE
+from sde_diffusers.scheduler_sde import SchedulerSDE
 
 __all__ = ["ScoreTerm", "ClassifierGuidance", "Conditioning"]
 
 
 class ScoreTerm(abc.ABC):
-    """A term added to the score during sampling: ``score + term(x, t, score, sde)``.
+    """A term added to the score during sampling: ``score + term(x, t, score, view)``.
+
+    ``view`` is the scheduler's :class:`~sde_diffusers.scheduler_sde.SchedulerSDE`: its ``sde`` and the marginals the
+    network was trained with (``view.marginal_coeffs(t)``, ``view.to_x0``), which for DDPM-family models are the
+    discrete chain's (nonzero at timestep 0, where the continuous VP std vanishes).
 
     Subclasses implement :meth:`__call__`. With ``needs_model_graph = True`` the network runs with gradients
     enabled and ``score`` keeps its graph to ``x`` (for terms that differentiate through the network, such as the
@@ -41,7 +45,7 @@ class ScoreTerm(abc.ABC):
     needs_second_order: bool = False
 
     @abc.abstractmethod
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor, sde: SDE) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor, view: SchedulerSDE) -> torch.Tensor:
         """The term at ``(x, t)`` given the model's ``score`` there (shape of ``x``)."""
 
 
@@ -58,8 +62,8 @@ class ClassifierGuidance(ScoreTerm):
     def __init__(self, classifier: torch.nn.Module, labels: torch.Tensor, scale: float) -> None:
         self.classifier, self.labels, self.scale = classifier, labels, scale
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor, sde: SDE) -> torch.Tensor:
-        timestep = model_time(sde, t, getattr(self.classifier, "time_input", "auto"))
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor, view: SchedulerSDE) -> torch.Tensor:
+        timestep = model_time(view.sde, t, getattr(self.classifier, "time_input", "auto"))
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
             out = self.classifier(x_in, timestep.to(x.dtype))

@@ -38,13 +38,8 @@ import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from sde_diffusers.parameterization import (
-    check_prediction_type,
-    model_output_to_score,
-    score_to_model_output,
-)
-from sde_diffusers.schedulers.scheduling_sde_common import vp_sde_from_config
-from sde_diffusers.sde import SDE, VESDE, VPSDE
+from sde_diffusers.scheduler_sde import SchedulerSDE
+from sde_diffusers.sde import VESDE
 from sde_diffusers.validation import check_choice, check_int, check_number
 
 from .conditioning import ClassifierGuidance, Conditioning, ScoreTerm
@@ -104,90 +99,6 @@ class ScoreSdePipelineOutput(BaseOutput):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The forward process behind a scheduler
-# ---------------------------------------------------------------------------------------------------------
-class SchedulerSDE:
-    """The forward SDE, time scale and model parameterisation behind a scheduler.
-
-    Our schedulers carry their SDE (``scheduler.sde``) and map their timesteps to continuous time
-    (``scheduler.continuous_timesteps``). For Diffusers' DDPM-family schedulers (linear betas), the SDE is the
-    continuous VP SDE with ``beta_min = N beta_start``, ``beta_max = N beta_end``, and the timestep ``k`` is
-    ``t = (k + 1) / N``, where that SDE's marginal matches DDPM's ``alpha_bar_k``.
-
-    Args:
-        scheduler: the pipeline's scheduler.
-
-    Raises:
-        ValueError: ``scheduler`` has neither an SDE nor a linear DDPM beta schedule (only when the SDE is asked for).
-    """
-
-    def __init__(self, scheduler: Any) -> None:
-        self.scheduler = scheduler
-        self._sde: SDE | None = (
-            getattr(scheduler, "sde", None) if isinstance(getattr(scheduler, "sde", None), SDE) else None
-        )
-        self._error: str | None = None
-        config = getattr(scheduler, "config", {})
-        if self._sde is None:
-            try:
-                self._sde = vp_sde_from_config(
-                    VPSDE,
-                    config.get("num_train_timesteps", 1000),
-                    config.get("beta_start", 0.0001),
-                    config.get("beta_end", 0.02),
-                    config.get("beta_schedule", "linear"),
-                )
-                if config.get("trained_betas") is not None:
-                    raise ValueError("trained_betas have no continuous SDE")
-            except (ValueError, TypeError) as err:
-                self._sde = None
-                self._error = (
-                    f"{type(scheduler).__name__} has no SDE this conditioning can use ({err}); use one of our "
-                    "schedulers or a DDPM-family scheduler with a linear beta schedule"
-                )
-        self.prediction_type = check_prediction_type(config.get("prediction_type", "epsilon"))
-
-    @property
-    def available(self) -> bool:
-        """Whether the scheduler has a forward SDE."""
-        return self._sde is not None
-
-    @property
-    def sde(self) -> SDE:
-        """The forward SDE (raises ``ValueError`` if the scheduler has none)."""
-        if self._sde is None:
-            raise ValueError(self._error)
-        return self._sde
-
-    def continuous(self, timestep: torch.Tensor | float, batch: int, like: torch.Tensor) -> torch.Tensor:
-        """Continuous time ``t`` of shape ``(batch,)`` (dtype and device of ``like``) for a scheduler timestep."""
-        to_t = getattr(self.scheduler, "continuous_timesteps", None)
-        if callable(to_t):
-            t = to_t(timestep)
-        else:
-            # DDPM's timestep k has alpha_bar_k = prod_{j <= k} (1 - beta_j) = exp(-int_0^{(k + 1) / N} beta) to
-            # first order: the VP marginal at t = (k + 1) / N (never t = 0, where the std vanishes).
-            n = self.sde.N
-            t = (torch.as_tensor(timestep).to(torch.float64) + 1) / n
-        return t.to(device=like.device, dtype=like.dtype).reshape(-1).expand(batch)
-
-    def model_timestep(self, t: torch.Tensor) -> torch.Tensor:
-        """The network's timestep for continuous ``t`` (inverse of :meth:`continuous`), shape of ``t``."""
-        to_model = getattr(self.scheduler, "model_timesteps", None)
-        if callable(to_model):
-            return to_model(t).to(t.dtype)
-        return t * self.sde.N - 1
-
-    def to_score(self, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Network output at ``(x, t)`` to ``grad_x log p_t(x)``."""
-        return model_output_to_score(self.sde, model_output, x, t, self.prediction_type)
-
-    def from_score(self, score: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """A score at ``(x, t)`` in the scheduler's parameterisation."""
-        return score_to_model_output(self.sde, score, x, t, self.prediction_type)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The one sampling loop and the output conversion
 # ---------------------------------------------------------------------------------------------------------
 class SamplingPipelineBase(SDEDiffusionPipeline):
@@ -241,7 +152,7 @@ class SamplingPipelineBase(SDEDiffusionPipeline):
             score = view.to_score(self._network(x_in, timestep, cond), x_in, t)
             total = score.detach()
             for term in terms:
-                total = total + term(x_in, t, score if term.needs_model_graph else score.detach(), view.sde)
+                total = total + term(x_in, t, score if term.needs_model_graph else score.detach(), view)
         return total.detach()
 
     def _model_output(

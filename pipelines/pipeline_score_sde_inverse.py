@@ -39,8 +39,8 @@ from typing import Any
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from sde_diffusers.parameterization import score_to_x0
-from sde_diffusers.sde import SDE, broadcast_to
+from sde_diffusers.scheduler_sde import SchedulerSDE
+from sde_diffusers.sde import broadcast_to
 from sde_diffusers.validation import check_number, check_positive
 
 from .conditioning import Conditioning, ScoreTerm
@@ -99,9 +99,9 @@ class ObservationGuidance(ScoreTerm):
         self.needs_second_order = variance == "jacobian"
 
     def _posterior_variance(
-        self, sde: SDE, x: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, residual: torch.Tensor
+        self, view: SchedulerSDE, x: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, residual: torch.Tensor
     ) -> torch.Tensor:
-        mean_coeff, std = sde.marginal_coeffs(t)
+        mean_coeff, std = view.marginal_coeffs(t)
         sigma2 = (std / mean_coeff) ** 2
         if self.variance != "jacobian":
             v = float(self.variance)
@@ -119,11 +119,11 @@ class ObservationGuidance(ScoreTerm):
         # Keep the estimate between 1e-3 times the unit-variance value and the Gaussian bound sigma^2.
         return var.detach().clamp(1e-3 * sigma2 / (1 + sigma2), sigma2)
 
-    def __call__(self, x, t, score, sde):
+    def __call__(self, x, t, score, view):
         obs = self.observation
-        x0 = score_to_x0(sde, score, x, t)
+        x0 = view.to_x0(score, x, t)
         residual = obs.project(obs.observed.to(x0.dtype) - x0)
-        r2 = self._posterior_variance(sde, x, t, x0, residual)
+        r2 = self._posterior_variance(view, x, t, x0, residual)
         log_lik = -(residual**2).flatten(1).sum(1) / (2 * r2)
         (grad,) = torch.autograd.grad(log_lik.sum(), x)
         return self.scale * grad

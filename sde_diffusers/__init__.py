@@ -60,6 +60,7 @@ from .pipelines import (
     SoftDiffusionInpaintPipeline,
     SoftDiffusionPipeline,
 )
+from .scheduler_sde import SchedulerSDE
 from .schedulers import (
     ProbabilityFlowScheduler,
     SDESchedulerOutput,
@@ -85,6 +86,7 @@ __all__ = [
     "model_output_to_score",
     "score_to_model_output",
     "SDESchedulerOutput",
+    "SchedulerSDE",
     "VESDEScheduler",
     "VPSDEScheduler",
     "SubVPSDEScheduler",

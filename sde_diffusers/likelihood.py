@@ -46,8 +46,8 @@ from .sampling.ode import (
     odeint,
     solve_probability_flow,
 )
-from .schedulers.scheduling_sde_common import vp_sde_from_config
-from .sde import SDE, VESDE, VPSDE, ScoreFn, SubVPSDE
+from .scheduler_sde import SchedulerSDE
+from .sde import SDE, VESDE, ScoreFn
 
 __all__ = [
     "LikelihoodOutput",
@@ -92,58 +92,24 @@ class LikelihoodOutput(BaseOutput):
 # Models, configs and score functions
 # ---------------------------------------------------------------------------------------------------------
 def sde_from_scheduler_config(config: Mapping | object) -> SDE:
-    """Build the SDE a model was trained for from its scheduler (or the scheduler's config).
+    """The SDE a model was trained for, from its scheduler or the scheduler's config: the SDE of
+    :class:`~sde_diffusers.scheduler_sde.SchedulerSDE` (which documents the conventions of every family).
 
-    * An object with an ``sde`` attribute (our schedulers) gives that SDE.
-    * ``sde_type`` `"ve"` (or a ``VESDEScheduler`` / ``ScoreSdeVeScheduler`` config): ``VESDE(sigma_min,
-      sigma_max, N=num_train_timesteps)``.
-    * ``ScoreSdeVpScheduler``: ``VPSDE(beta_min, beta_max, N)``.
-    * Anything else is DDPM-style (``DDPMScheduler``, ``DDIMScheduler``, ...): VP (or sub-VP with
-      ``sde_type="subvp"``) with ``beta_min = N beta_start`` and ``beta_max = N beta_end``; only the linear beta
-      schedule has a continuous counterpart.
+    Raises:
+        ValueError: the scheduler has no continuous SDE (e.g. a non-linear beta schedule) or its config is invalid.
     """
-    if hasattr(config, "sde") and isinstance(config.sde, SDE):
-        return config.sde
-    if hasattr(config, "config") and isinstance(config.config, Mapping):
-        config = config.config
-    if not isinstance(config, Mapping):
-        raise TypeError(f"scheduler_config must be a scheduler or its config mapping, got {type(config).__name__}")
-    name = config.get("_class_name", "")
-    sde_type = str(config.get("sde_type", "")).lower().replace("-", "").replace("_", "")
-    if not sde_type:
-        sde_type = {"VESDEScheduler": "ve", "ScoreSdeVeScheduler": "ve", "SubVPSDEScheduler": "subvp"}.get(name, "vp")
-    if sde_type not in ("ve", "vp", "subvp"):
-        raise ValueError(f"sde_type must be 've', 'vp' or 'subvp', got {config.get('sde_type')!r}")
-    n = int(config.get("num_train_timesteps", 2000 if name.startswith("ScoreSde") else 1000))
-    if sde_type == "ve":
-        return VESDE(
-            sigma_min=float(config.get("sigma_min", 0.01)),
-            sigma_max=float(config.get("sigma_max", 50.0)),
-            N=n,
-        )
-    cls = SubVPSDE if sde_type == "subvp" else VPSDE
-    if name == "ScoreSdeVpScheduler" or ("beta_min" in config and "beta_start" not in config):
-        return cls(beta_min=float(config.get("beta_min", 0.1)), beta_max=float(config.get("beta_max", 20.0)), N=n)
-    if config.get("trained_betas") is not None:
-        raise ValueError("scheduler configs with trained_betas have no continuous-time SDE")
-    return vp_sde_from_config(
-        cls,
-        n,
-        float(config.get("beta_start", 1e-4)),
-        float(config.get("beta_end", 0.02)),
-        config.get("beta_schedule", "linear"),
-    )
+    return SchedulerSDE(config).sde
 
 
 def default_prediction_type(model: object, sde: SDE, scheduler_config: Mapping | object | None = None) -> str:
     """What a network outputs when the caller does not say: the model's own ``prediction_type`` attribute (our
-    NCSN++/DDPM++ models declare it), else the scheduler config's, else ``"score"`` for VE, ``"epsilon"`` otherwise."""
+    NCSN++/DDPM++ models declare it), else the scheduler's (:class:`~sde_diffusers.scheduler_sde.SchedulerSDE`),
+    else ``"score"`` for VE, ``"epsilon"`` otherwise."""
     declared = getattr(model, "prediction_type", None)
     if isinstance(declared, str):
         return declared
-    cfg = getattr(scheduler_config, "config", scheduler_config)
-    if isinstance(cfg, Mapping) and isinstance(cfg.get("prediction_type"), str):
-        return cfg["prediction_type"]
+    if scheduler_config is not None:
+        return SchedulerSDE(scheduler_config).prediction_type
     return "score" if isinstance(sde, VESDE) else "epsilon"
 
 
@@ -168,15 +134,18 @@ def resolve_score_fn(
             ``prediction_type`` attribute (our NCSN++/DDPM++ models declare it), then the scheduler config's, else
             ``"score"`` for VE and ``"epsilon"`` for VP/sub-VP. Must be omitted (or ``"score"``) for a plain
             ``score_fn``.
-        time_input (`str`, defaults to `"auto"`): the network's timestep scale (see
-            :func:`~sde_diffusers.parameterization.model_time`); ``"auto"`` takes the model's ``time_input``
-            attribute if it has one, else sigma for VE and ``t (N - 1)`` for VP/sub-VP.
+        time_input (`str`, defaults to `"auto"`): the network's timestep scale and training marginals (see
+            :data:`~sde_diffusers.parameterization.TIME_INPUTS`); ``"auto"`` takes the model's ``time_input``
+            attribute if it has one, else the scheduler's (``"discrete_index"`` for DDPM-family configs), else sigma
+            for VE and ``t (N - 1)`` for VP/sub-VP.
         model_kwargs (`dict`, optional): extra arguments of every network call (e.g. ``class_labels``).
     """
+    view = None
     if sde is None:
         if scheduler_config is None:
             raise ValueError("pass the sde, or a scheduler_config to build it from")
-        sde = sde_from_scheduler_config(scheduler_config)
+        view = SchedulerSDE(scheduler_config, model)
+        sde = view.sde
     elif not isinstance(sde, SDE):
         raise TypeError(f"sde must be an SDE (VESDE, VPSDE or SubVPSDE), got {type(sde).__name__}")
     if isinstance(model, torch.nn.Module):
@@ -185,6 +154,8 @@ def resolve_score_fn(
         check_prediction_type(prediction_type)
         if time_input == "auto" and isinstance(getattr(model, "time_input", None), str):
             time_input = model.time_input
+        if time_input == "auto" and view is not None:
+            time_input = view.time_input
         return make_score_fn(model, sde, prediction_type, time_input, **(model_kwargs or {})), sde
     if callable(model):
         if prediction_type not in (None, "score"):

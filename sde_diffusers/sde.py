@@ -99,28 +99,51 @@ class SDE(abc.ABC):
         a = m_t / m_s
         return a, (std_t**2 - a**2 * std_s**2).clamp_min(0.0)
 
+    @property
+    def prior_std(self) -> float:
+        """Standard deviation of the prior ``p_T`` (``sigma_max`` for VE, 1 for VP and sub-VP)."""
+        return 1.0
+
     def discrete_index(self, t: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
-        """Index ``floor(t * (n - 1) / T)`` into an ``n``-level grid (``n = N`` by default)."""
+        """Index ``floor(t * (n - 1) / T)`` into an ``n``-level grid (``n = N`` by default).
+
+        The product is formed in float64 with a margin of two float32 rounding units (or of ``t``'s dtype, if
+        coarser), so a grid time ``k / (n - 1)`` that went through float32 gives ``k``, not ``k - 1``.
+        """
         n = self.N if num_steps is None else num_steps
-        return (t * (n - 1) / self.T).long().clamp(0, n - 1)
+        unit = max(torch.finfo(t.dtype).eps, torch.finfo(torch.float32).eps) if t.is_floating_point() else 0.0
+        margin = 2 * unit * (n - 1)
+        return torch.floor(t.double() * (n - 1) / self.T + margin).long().clamp(0, n - 1)
 
     def discretize(
-        self, x: torch.Tensor, t: torch.Tensor, num_steps: int | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        num_steps: int | None = None,
+        t_prev: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One step of the discrete forward chain: ``x_{i+1} = x_i + f + G z``.
+        """One step of a discrete forward chain, ``x_t = x_prev + f + G z``, written at its end ``t``.
 
-        The default is Euler–Maruyama with ``dt = T / n``; VE and VP override it with the SMLD and
-        DDPM chains. ``num_steps`` (default ``N``) sets the grid.
+        * With ``t_prev`` (shape ``(batch,)``, ``t_prev <= t``): the exact transition of the SDE over
+          ``[t_prev, t]``, ``f = (a - 1) x`` and ``G = sqrt(v)`` with ``(a, v)`` from :meth:`transition_coeffs`.
+          It is valid on any grid (uniform, Karras, ...).
+        * Otherwise the reference chain of an ``n``-level uniform grid (``n = num_steps``, default ``N``):
+          Euler–Maruyama with ``dt = T / n`` here; VE and VP override it with the SMLD and DDPM chains.
 
         Returns:
             ``(f, G)``: ``f`` of the shape of ``x``, ``G`` of shape ``(batch,)``.
         """
         self.check_time(t, x)
+        if t_prev is not None:
+            a, v = self.transition_coeffs(t, t_prev)
+            return broadcast_to(a - 1.0, x) * x, torch.sqrt(v)
         dt = self.T / (self.N if num_steps is None else num_steps)
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * math.sqrt(dt)
 
-    def langevin_alpha(self, t: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
+    def langevin_alpha(
+        self, t: torch.Tensor, num_steps: int | None = None, t_prev: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The ``alpha`` factor of the Langevin step size (1 for VE, ``1 - beta_i`` for VP-type SDEs)."""
         return torch.ones_like(t)
 
@@ -196,6 +219,10 @@ class VESDE(SDE):
     def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.ones_like(t), self.sigma(t)
 
+    @property
+    def prior_std(self) -> float:
+        return self.sigma_max
+
     def prior_sampling(self, shape, generator=None, **tensor_kwargs) -> torch.Tensor:
         return torch.randn(shape, generator=generator, **tensor_kwargs) * self.sigma_max
 
@@ -211,11 +238,23 @@ class VESDE(SDE):
         prev = self.sigma_min * torch.exp((i - 1) / max(n - 1, 1) * self._log_ratio)
         return sigma, torch.where(idx == 0, torch.zeros_like(prev), prev)
 
-    def discretize(self, x, t, num_steps=None):
-        """SMLD chain: ``f = 0``, ``G = sqrt(sigma_i^2 - sigma_{i-1}^2)``."""
+    def discretize(self, x, t, num_steps=None, t_prev=None):
+        """SMLD chain: ``f = 0``, ``G = sqrt(sigma_i^2 - sigma_{i-1}^2)`` (exact over ``[t_prev, t]`` if given)."""
         self.check_time(t, x)
+        if t_prev is not None:
+            return super().discretize(x, t, t_prev=t_prev)
         sigma, prev = self.adjacent_sigmas(t, num_steps)
         return torch.zeros_like(x), torch.sqrt(sigma**2 - prev**2)
+
+    def reversed_index(self, t: torch.Tensor) -> torch.Tensor:
+        """Level ``round((T - t)(N - 1) / T)`` of the discrete SMLD chain counted from ``sigma_max`` (index 0), the
+        label official discrete VE models (NCSN, ``continuous=False``) take; float, shape of ``t``."""
+        return torch.round((self.T - t) * (self.N - 1) / self.T)
+
+    def discrete_marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(1, sigma_j)`` of the SMLD level ``j`` = :meth:`reversed_index` nearest to ``t``."""
+        level_t = self.T - self.reversed_index(t) * self.T / max(self.N - 1, 1)
+        return torch.ones_like(t), self.sigma(level_t)
 
 
 class _BetaSDE(SDE):
@@ -229,6 +268,7 @@ class _BetaSDE(SDE):
             raise ValueError(f"beta_max ({beta_max}) must be >= beta_min ({beta_min})")
         self.beta_0 = float(beta_min)
         self.beta_1 = float(beta_max)
+        self._discrete_cache: dict = {}
 
     @property
     def beta_min(self) -> float:
@@ -261,22 +301,30 @@ class _BetaSDE(SDE):
         betas = self.discrete_betas(num_steps, dtype=torch.float64, **tensor_kwargs)
         return torch.cumprod(1.0 - betas, dim=0).to(dtype)
 
-    def discrete_beta(self, t: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
-        """``beta_i`` of the discrete DDPM chain at ``t``.
+    def discrete_beta(
+        self, t: torch.Tensor, num_steps: int | None = None, t_prev: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``beta`` of one step of the discrete chain ending at ``t`` (so that ``sqrt(1 - beta) = m(t) / m(t_prev)``
+        for VP).
 
-        With ``num_steps=None`` it is the reference chain's ``beta(i / (N - 1)) / N`` at index
-        ``floor(t (N - 1))``. On an explicit grid of ``n`` steps it is the exact
-        ``1 - exp(-int_{t - T/n}^{t} beta)``: the reference value is its first-order expansion, which exceeds 1
-        (and breaks ``sqrt(1 - beta)``) on coarse grids such as 10 sampling steps.
+        * With ``t_prev``: the exact ``1 - exp(-int_{t_prev}^{t} beta)``, for any grid.
+        * Otherwise the reference DDPM chain of ``n = num_steps`` (default ``N``) levels, ``beta(i / (n - 1)) / n``
+          at index ``i = floor(t (n - 1))``: at ``n = N`` exactly the chain DDPM-trained models were trained on
+          (``DDPMScheduler``'s betas). Where that first-order chain is invalid (``beta_max / n >= 1``, coarse grids
+          such as 10 steps, where ``sqrt(1 - beta)`` breaks) the exact value over ``[t - T / n, t]`` is used.
         """
-        if num_steps is None:
-            i = self.discrete_index(t).to(t.dtype)
-            return (self.beta_0 + i / max(self.N - 1, 1) * (self.beta_1 - self.beta_0)) / self.N
-        s = (t - self.T / num_steps).clamp_min(0.0)
-        return -torch.expm1(2.0 * (self.log_mean_coeff(t) - self.log_mean_coeff(s)))
+        if t_prev is None:
+            n = self.N if num_steps is None else num_steps
+            if self.beta_1 / n < 1.0:
+                i = self.discrete_index(t, n).to(t.dtype)
+                return (self.beta_0 + i / max(n - 1, 1) * (self.beta_1 - self.beta_0)) / n
+            t_prev = (t - self.T / n).clamp_min(0.0)
+        return -torch.expm1(2.0 * (self.log_mean_coeff(t) - self.log_mean_coeff(t_prev)))
 
-    def langevin_alpha(self, t, num_steps=None):
-        return 1.0 - self.discrete_beta(t, num_steps)
+    def langevin_alpha(
+        self, t: torch.Tensor, num_steps: int | None = None, t_prev: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return 1.0 - self.discrete_beta(t, num_steps, t_prev)
 
     def prior_sampling(self, shape, generator=None, **tensor_kwargs) -> torch.Tensor:
         return torch.randn(shape, generator=generator, **tensor_kwargs)
@@ -303,9 +351,24 @@ class VPSDE(_BetaSDE):
         log_mean = self.log_mean_coeff(t)
         return torch.exp(log_mean), torch.sqrt(-torch.expm1(2.0 * log_mean))
 
-    def discretize(self, x, t, num_steps=None):
-        """DDPM chain: ``f = (sqrt(1 - beta_i) - 1) x``, ``G = sqrt(beta_i)``."""
+    def discrete_marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Marginal of the ``N``-step DDPM chain at index ``i = floor(t (N - 1))``:
+        ``(sqrt(alpha_bar_i), sqrt(1 - alpha_bar_i))``, what a network trained on the discrete chain (every
+        Diffusers DDPM-family scheduler; official ``continuous=False`` VP models) expresses its output in."""
+        key = (t.device, t.dtype)
+        if key not in self._discrete_cache:
+            alpha_bar = self.discrete_alphas_cumprod()
+            coeffs = torch.stack([alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()])
+            self._discrete_cache[key] = coeffs.to(device=t.device, dtype=t.dtype)
+        table = self._discrete_cache[key]
+        idx = self.discrete_index(t).to(t.device)
+        return table[0][idx], table[1][idx]
+
+    def discretize(self, x, t, num_steps=None, t_prev=None):
+        """DDPM chain: ``f = (sqrt(1 - beta_i) - 1) x``, ``G = sqrt(beta_i)`` (exact over ``[t_prev, t]`` if given)."""
         self.check_time(t, x)
+        if t_prev is not None:
+            return super().discretize(x, t, t_prev=t_prev)
         beta = self.discrete_beta(t, num_steps)
         return broadcast_to(torch.sqrt(1.0 - beta) - 1.0, x) * x, torch.sqrt(beta)
 

@@ -14,7 +14,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DOutput
 
-from .parameterization import continuous_time, score_to_model_output
+from .parameterization import check_time_input, continuous_time, score_to_model_output, training_marginals
 from .sde import SDE, get_sde
 
 __all__ = ["GaussianMixture", "ExactScoreModel"]
@@ -73,19 +73,19 @@ class GaussianMixture:
         eps = torch.randn((n, *self.sample_shape), generator=generator, dtype=torch.float64)
         return (self.means[comp] + self.stds[comp] * eps).to(dtype)
 
-    def _perturbed(self, x: torch.Tensor, t: torch.Tensor | None, sde: SDE | None):
+    def _perturbed(self, x: torch.Tensor, t: torch.Tensor | None, sde: SDE | None, time_input: str = "auto"):
         """Per-component means and variances of ``p_t``, flattened: shapes ``(B, K, D)``."""
         b, k = x.shape[0], self.means.shape[0]
         mu = self.means.reshape(1, k, -1).to(x)
         var = (self.stds**2).reshape(1, k, -1).to(x)
         if sde is None:
             return mu.expand(b, -1, -1), var.expand(b, -1, -1)
-        m, s = sde.marginal_coeffs(t.to(x))
+        m, s = training_marginals(sde, t.to(x), time_input)
         m, s = m.reshape(b, 1, 1), s.reshape(b, 1, 1)
         return m * mu, m**2 * var + s**2
 
-    def _component_logp(self, x, t, sde):
-        mu, var = self._perturbed(x, t, sde)
+    def _component_logp(self, x, t, sde, time_input="auto"):
+        mu, var = self._perturbed(x, t, sde, time_input)
         diff = x.reshape(x.shape[0], 1, -1) - mu
         logp = -0.5 * (diff**2 / var + torch.log(2 * math.pi * var)).sum(-1)
         return logp + torch.log(self.weights.to(x)), diff, var
@@ -95,9 +95,15 @@ class GaussianMixture:
         logp, _, _ = self._component_logp(x, t, sde)
         return torch.logsumexp(logp, dim=1)
 
-    def score(self, x: torch.Tensor, t: torch.Tensor | None = None, sde: SDE | None = None) -> torch.Tensor:
-        """Exact ``grad_x log p_t(x)``, the shape of ``x``."""
-        logp, diff, var = self._component_logp(x, t, sde)
+    def score(
+        self, x: torch.Tensor, t: torch.Tensor | None = None, sde: SDE | None = None, time_input: str = "auto"
+    ) -> torch.Tensor:
+        """Exact ``grad_x log p_t(x)``, the shape of ``x``.
+
+        ``time_input`` ``"discrete_index"`` (or ``"reversed_index"``) takes the discrete chain's marginal at ``t``
+        instead of the SDE's (see :func:`~sde_diffusers.parameterization.training_marginals`).
+        """
+        logp, diff, var = self._component_logp(x, t, sde, time_input)
         resp = torch.softmax(logp, dim=1).unsqueeze(-1)
         return (-(resp * diff / var).sum(1)).reshape(x.shape)
 
@@ -110,8 +116,10 @@ class ExactScoreModel(ModelMixin, ConfigMixin):
     """A Diffusers model whose output is the exact score-derived prediction for a Gaussian mixture.
 
     It stands in for a trained ``UNet2DModel`` in pipelines and scheduler tests: it takes the timestep in
-    the model scale of ``sde_type`` (sigma for VE, ``t (N - 1)`` for VP/sub-VP) and returns
-    ``UNet2DOutput(sample=...)`` in the requested ``prediction_type``.
+    the scale of ``time_input`` (by default sigma for VE, ``t (N - 1)`` for VP/sub-VP) and returns
+    ``UNet2DOutput(sample=...)`` in the requested ``prediction_type``. With ``time_input="discrete_index"`` it is a
+    model trained on the discrete DDPM chain (as every Diffusers DDPM-family model): its output is exact for the
+    chain's marginal at index ``floor(timestep)``.
 
     Args:
         means (`list`): component means, shape `(K, C, H, W)` as nested lists.
@@ -122,6 +130,8 @@ class ExactScoreModel(ModelMixin, ConfigMixin):
         prediction_type (`str`, defaults to `"epsilon"`): what to output.
         in_channels (`int`, optional), sample_size (`int`, optional): derived from ``means`` for image-shaped data
             (pipelines read them to size their noise); accepted so that a saved config reloads unchanged.
+        time_input (`str`, defaults to `"auto"`): the timestep scale and training marginals, one of
+            :data:`~sde_diffusers.parameterization.TIME_INPUTS`.
     """
 
     @register_to_config
@@ -135,10 +145,13 @@ class ExactScoreModel(ModelMixin, ConfigMixin):
         prediction_type: str = "epsilon",
         in_channels: int | None = None,
         sample_size: int | None = None,
+        time_input: str = "auto",
     ) -> None:
         super().__init__()
         self.mixture = GaussianMixture(torch.tensor(means), stds, None if weights is None else torch.tensor(weights))
         self.sde = get_sde(sde_type, **(sde_kwargs or {}))
+        self.time_input = check_time_input(self.sde, time_input)
+        self.prediction_type = prediction_type
         shape = self.mixture.sample_shape
         if len(shape) == 3:  # what UNet2DModel-based pipelines read to size their noise
             self.register_to_config(in_channels=shape[0], sample_size=shape[1])
@@ -147,9 +160,10 @@ class ExactScoreModel(ModelMixin, ConfigMixin):
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float, return_dict: bool = True):
         timestep = torch.as_tensor(timestep, device=sample.device)
-        t = continuous_time(self.sde, timestep.to(torch.float64)).to(sample.dtype)
+        t = continuous_time(self.sde, timestep.to(torch.float64), self.time_input)
         t = t.reshape(-1).expand(sample.shape[0]) if t.numel() == 1 else t.reshape(-1)
-        score = self.mixture.score(sample.double(), t.double(), self.sde)
-        out = score_to_model_output(self.sde, score, sample.double(), t.double(), self.config.prediction_type)
+        x = sample.double()
+        score = self.mixture.score(x, t, self.sde, self.time_input)
+        out = score_to_model_output(self.sde, score, x, t, self.config.prediction_type, self.time_input)
         out = out.to(sample.dtype) + 0 * self.dummy
         return UNet2DOutput(sample=out) if return_dict else (out,)

@@ -223,7 +223,8 @@ def test_tiny_unet2dmodel_runs_end_to_end():
     assert isinstance(sde, VPSDE) and sde.beta_min == pytest.approx(0.1) and sde.beta_max == pytest.approx(20.0)
     with torch.no_grad():
         t = torch.full((3,), 0.5)
-        torch.testing.assert_close(score_fn(x, t), make_score_fn(unet, sde, "epsilon", "index")(x, t))
+        # a DDPM config describes a model trained on the discrete chain (sde_diffusers.scheduler_sde)
+        torch.testing.assert_close(score_fn(x, t), make_score_fn(unet, sde, "epsilon", "discrete_index")(x, t))
 
 
 def test_our_models_declare_their_output_and_timestep():

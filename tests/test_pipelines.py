@@ -33,8 +33,8 @@ from sde_diffusers.pipelines import (
     ScoreSdePipelineOutput,
     decoupled_colour_basis,
 )
-from sde_diffusers.pipelines.pipeline_score_sde import SchedulerSDE
 from sde_diffusers.pipelines.pipeline_score_sde_colorization import fit_grey_in_range, grey_level
+from sde_diffusers.scheduler_sde import SchedulerSDE
 from sde_diffusers.schedulers.scheduling_probability_flow import ProbabilityFlowScheduler
 from sde_diffusers.toy import GaussianMixture
 
@@ -479,16 +479,15 @@ def test_swapping_schedulers_with_from_config():
         out = pipe(image, mask, **kw).images
         assert torch.isfinite(out).all()
     assert isinstance(pipe.scheduler, DDPMScheduler)
-    # The continuous SDE behind a DDPM config: beta_min = N beta_start, and t = (k + 1) / N for timestep k.
+    # The continuous SDE behind a DDPM config: beta_min = N beta_start, and t = k / (N - 1) for timestep k, where
+    # the model's marginal is the discrete chain's (sde_diffusers.scheduler_sde).
     view = SchedulerSDE(DDIMScheduler())
     assert view.sde.beta_min == pytest.approx(0.1) and view.sde.beta_max == pytest.approx(20.0)
     t = view.continuous(torch.tensor(0), 2, torch.zeros(2))
-    torch.testing.assert_close(t, torch.full((2,), 1e-3))
+    torch.testing.assert_close(t, torch.zeros(2))
     alpha_bar = DDPMScheduler().alphas_cumprod
-    mean_coeff, _ = view.sde.marginal_coeffs(
-        view.continuous(torch.tensor(499), 1, torch.zeros(1, dtype=torch.float64))
-    )
-    assert float(mean_coeff**2) == pytest.approx(float(alpha_bar[499]), rel=1e-2)
+    mean_coeff, _ = view.marginal_coeffs(view.continuous(torch.tensor(499), 1, torch.zeros(1, dtype=torch.float64)))
+    assert float(mean_coeff**2) == pytest.approx(float(alpha_bar[499]), rel=1e-5)
 
 
 def assert_same_pipeline(loaded, reference):

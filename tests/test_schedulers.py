@@ -97,7 +97,9 @@ def test_timesteps_are_in_model_scale_and_repeat_for_the_corrector():
 @pytest.mark.parametrize("cls", [VPSDEScheduler, SubVPSDEScheduler])
 def test_swap_into_diffusers_pipelines(pipeline_cls, cls):
     sde_type = "vp" if cls is VPSDEScheduler else "subvp"
-    model = ExactScoreModel(MEANS, STD, sde_type=sde_type)
+    # A DDPM config describes a model trained on the discrete chain (VP); sub-VP models are continuous.
+    time_input = "discrete_index" if cls is VPSDEScheduler else "auto"
+    model = ExactScoreModel(MEANS, STD, sde_type=sde_type, time_input=time_input)
     pipe = pipeline_cls(unet=model, scheduler=DDPMScheduler())
     pipe.scheduler = cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
@@ -134,8 +136,9 @@ def test_from_config_maps_ddpm_and_score_sde_configs():
     assert type(s.sde).__name__ == "SubVPSDE" and s.sde.beta_max == pytest.approx(12.0)
     s = VPSDEScheduler.from_config(DDPMScheduler(prediction_type="v_prediction").config)
     assert s.config.prediction_type == "v_prediction"
+    # a default ScoreSdeVeScheduler lists sigma_max in `_use_default_values`: its 1348 must survive (not our 50)
     s = VESDEScheduler.from_config(ScoreSdeVeScheduler().config)
-    assert s.sde.sigma_max == 50.0
+    assert s.sde.sigma_max == 1348.0 and s.sde.N == 2000
     s = VESDEScheduler.from_config(ScoreSdeVeScheduler(sigma_max=348.0, snr=0.075, correct_steps=2).config)
     assert s.sde.sigma_max == 348.0 and s.config.snr == 0.075 and s.config.n_corrector_steps == 2
     assert "DDPMScheduler" in VPSDEScheduler._compatibles and "DDIMScheduler" in SubVPSDEScheduler._compatibles

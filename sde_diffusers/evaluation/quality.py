@@ -278,14 +278,14 @@ def heldout_bits_per_dim(
         ``offset_bits``, ``seconds`` and the settings.
     """
     from ..likelihood import log_likelihood
-    from ..pipelines.pipeline_score_sde import SchedulerSDE
+    from ..scheduler_sde import SchedulerSDE
 
     for name, value in (("num_images", num_images), ("batch_size", batch_size)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if num_images > len(reference.images):
         raise ValueError(f"num_images={num_images} exceeds the {len(reference.images)} reference images")
-    view = SchedulerSDE(pipe.scheduler)
+    view = SchedulerSDE(pipe.scheduler, pipe.unet)
     device, dtype = pipe.unet.device, pipe.unet.dtype
     levels = reference.num_levels - 1
     # 8-bit renderings of coarser data (digits: round(255 k / 16)) back onto their own grid k / (num_levels - 1)
@@ -300,6 +300,7 @@ def heldout_bits_per_dim(
             view.sde,
             batch,
             prediction_type=view.prediction_type,
+            time_input=view.time_input,
             rtol=rtol,
             atol=atol,
             dequantize=True,

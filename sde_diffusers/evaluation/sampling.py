@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from diffusers.utils import BaseOutput
 
+from ..scheduler_sde import SchedulerSDE
 from ..sde import SDE, VESDE, VPSDE, SubVPSDE
 
 __all__ = [
@@ -218,8 +219,6 @@ def get_sampler(name: str) -> SamplerInfo:
 # ---------------------------------------------------------------------------------------------------------
 def pipeline_sde(pipe: Any) -> SDE:
     """The forward SDE of a pipeline's scheduler (ours, or a DDPM-family one read as the VP SDE)."""
-    from ..pipelines.pipeline_score_sde import SchedulerSDE
-
     return SchedulerSDE(pipe.scheduler).sde
 
 
@@ -465,7 +464,7 @@ def draw_samples(
 # One runner per family: (shape, generator, labels, device, dtype) -> (images in [0, 1], nfe, mean nfe per sample)
 # ---------------------------------------------------------------------------------------------------------
 def _build_runner(info: SamplerInfo, pipe: Any, sde: SDE, kind: str, steps: int | None, tolerance: float | None):
-    from ..pipelines.pipeline_score_sde import SchedulerSDE, ScoreSdePipeline
+    from ..pipelines.pipeline_score_sde import ScoreSdePipeline
 
     if info.family in ("pc", "diffusers"):
         sampling_pipe = ScoreSdePipeline(unet=pipe.unet, scheduler=_scheduler_for(info, pipe, kind))
@@ -483,17 +482,16 @@ def _build_runner(info: SamplerInfo, pipe: Any, sde: SDE, kind: str, steps: int 
 
         return run_pipeline
 
-    from ..parameterization import make_score_fn
     from ..sampling.adaptive_sde import sample_adaptive_sde
     from ..sampling.ode import sample_probability_flow, sample_probability_flow_fixed
 
-    prediction_type = SchedulerSDE(pipe.scheduler).prediction_type
+    view = SchedulerSDE(pipe.scheduler, pipe.unet)
     to_unit = ScoreSdePipeline.to_unit_range
     options = dict(info.options)
 
     def run_function(shape, generator, labels, device, dtype):
         extra = {"class_labels": labels} if labels is not None else {}
-        score_fn = make_score_fn(pipe.unet, sde, prediction_type, "auto", **extra)
+        score_fn = view.score_fn(pipe.unet, **extra)
         common = {"shape": shape, "generator": generator, "device": device, "dtype": dtype}
         with torch.no_grad():
             if info.family == "ode":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from ..parameterization import check_prediction_type, model_output_to_score, score_to_x0
+from ..parameterization import check_prediction_type, check_time_input, model_output_to_score, score_to_x0
 from ..sampling.ode import (
     ode_derivative,
     ode_euler_step,
@@ -13,24 +13,12 @@ from ..sampling.ode import (
     probability_flow_times,
     sigma_and_scale,
 )
+from ..scheduler_sde import DDPM_COMPATIBLES, beta_sde, check_data_range, translate_config
 from ..sde import VESDE, get_sde
-from .scheduling_sde_common import (
-    DDPM_COMPATIBLES,
-    SDESchedulerMixin,
-    SDESchedulerOutput,
-    check_choice,
-    check_int,
-    vp_sde_from_config,
-)
+from ..validation import check_choice, check_int, check_open_interval, check_positive
+from .scheduling_sde_common import SDESchedulerMixin, SDESchedulerOutput
 
 __all__ = ["ProbabilityFlowScheduler"]
-
-_SDE_OF_CLASS = {
-    "VESDEScheduler": "ve",
-    "ScoreSdeVeScheduler": "ve",
-    "SubVPSDEScheduler": "subvp",
-    "VPSDEScheduler": "vp",
-}
 
 
 class ProbabilityFlowScheduler(SDESchedulerMixin):
@@ -68,6 +56,11 @@ class ProbabilityFlowScheduler(SDESchedulerMixin):
             ``sigma^(1/rho)``, ``sigma = s / m``).
         rho (`float`, defaults to 7.0): exponent of the Karras spacing.
         sampling_eps (`float`, defaults to 1e-3): the last time at which the model is evaluated.
+        time_input (`str`, defaults to `"auto"`): the model's time input (see
+            :data:`~sde_diffusers.parameterization.TIME_INPUTS`); `"discrete_index"` for VP models trained on the
+            discrete DDPM chain (``from_config`` of a DDPM-family config sets it).
+        data_range (`tuple[float, float]`, defaults to `(-1.0, 1.0)`): the data range of the model (`(0.0, 1.0)`
+            from a ``ScoreSdeVeScheduler`` config).
     """
 
     _compatibles = DDPM_COMPATIBLES + [
@@ -93,6 +86,8 @@ class ProbabilityFlowScheduler(SDESchedulerMixin):
         spacing: str = "uniform",
         rho: float = 7.0,
         sampling_eps: float = 1e-3,
+        time_input: str = "auto",
+        data_range: tuple[float, float] = (-1.0, 1.0),
     ) -> None:
         sde_key = str(sde_type).lower().replace("-", "").replace("_", "")
         check_choice("sde_type", sde_key, ("ve", "vp", "subvp"))
@@ -100,21 +95,18 @@ class ProbabilityFlowScheduler(SDESchedulerMixin):
         if sde_key == "ve":
             self.sde = VESDE(sigma_min=sigma_min, sigma_max=sigma_max, N=n)
         else:
-            self.sde = vp_sde_from_config(type(get_sde(sde_key)), n, beta_start, beta_end, beta_schedule)
+            self.sde = beta_sde(type(get_sde(sde_key)), n, beta_start, beta_end, beta_schedule)
         if prediction_type is None:
             prediction_type = "score" if sde_key == "ve" else "epsilon"
             self.register_to_config(prediction_type=prediction_type)
         check_prediction_type(prediction_type)
+        check_time_input(self.sde, time_input)
+        # stored as a list, as the config reads back from JSON
+        self.register_to_config(data_range=list(check_data_range(data_range)))
         check_choice("solver", solver, ("euler", "heun"))
         check_choice("spacing", spacing, ("uniform", "karras"))
-        if not isinstance(rho, (int, float)) or isinstance(rho, bool) or not rho > 0:
-            raise ValueError(f"rho must be a positive number, got {rho!r}")
-        if (
-            not isinstance(sampling_eps, (int, float))
-            or isinstance(sampling_eps, bool)
-            or not 0 < sampling_eps < self.sde.T
-        ):
-            raise ValueError(f"sampling_eps must lie in (0, {self.sde.T}), got {sampling_eps!r}")
+        check_positive("rho", rho)
+        check_open_interval("sampling_eps", sampling_eps, 0.0, self.sde.T)
         self.timesteps = torch.empty(0)
         self.num_inference_steps: int | None = None
         self._kinds: list[str] | None = None
@@ -123,23 +115,15 @@ class ProbabilityFlowScheduler(SDESchedulerMixin):
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """Like ``ConfigMixin.from_config``, recognising the SDE of our other schedulers and Diffusers' score-SDE ones.
+        """Like ``ConfigMixin.from_config``, recognising the SDE and conventions of our other schedulers' and
+        Diffusers' configs (see :func:`~sde_diffusers.scheduler_sde.translate_config`).
 
         ``VESDEScheduler``/``ScoreSdeVeScheduler`` configs give ``sde_type="ve"``, a saved ``SubVPSDEScheduler``
         config gives ``"subvp"`` (an in-memory ``scheduler.config`` has no class name and reads as VP: pass
         ``sde_type="subvp"``); ``ScoreSdeVpScheduler``'s ``beta_min``/``beta_max`` map to ``beta_start``/``beta_end``.
         """
         config = dict(config or {})
-        explicit = set(config) - set(config.get("_use_default_values", []))
-        if "sde_type" not in explicit:
-            if config.get("_class_name") in _SDE_OF_CLASS:  # a saved config
-                kwargs.setdefault("sde_type", _SDE_OF_CLASS[config["_class_name"]])
-            elif "sigma_max" in config and not {"beta_start", "beta_min"} & set(config):  # an in-memory VE config
-                kwargs.setdefault("sde_type", "ve")
-        n = config.get("num_train_timesteps", 1000)
-        for src, dst in (("beta_min", "beta_start"), ("beta_max", "beta_end")):
-            if src in explicit and dst not in config:
-                kwargs.setdefault(dst, config[src] / n)
+        kwargs = translate_config(config, cls._get_init_keys(cls), kwargs)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     @property
@@ -202,7 +186,9 @@ class ProbabilityFlowScheduler(SDESchedulerMixin):
         index = self._resolve_index(timestep)
         b = sample.shape[0]
         t = self._time_at(index, sample).expand(b)
-        score = model_output_to_score(self.sde, model_output, sample, t, self.config.prediction_type)
+        score = model_output_to_score(
+            self.sde, model_output, sample, t, self.config.prediction_type, self.config.time_input
+        )
         derivative = ode_derivative(self.sde, sample, t, score)
         if self._kinds[index] == "first":
             sigma, scale = sigma_and_scale(self.sde, t)
@@ -220,7 +206,7 @@ class ProbabilityFlowScheduler(SDESchedulerMixin):
             prev_sample = ode_heun_step(x, d, derivative, sigma, sigma_next, scale, scale_next)
             self._heun_state = None
         self._step_index = index + 1
-        x0 = score_to_x0(self.sde, score, sample, t)
+        x0 = score_to_x0(self.sde, score, sample, t, self.config.time_input)
         if not return_dict:
             return prev_sample, prev_sample
         return SDESchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_sample, pred_original_sample=x0)

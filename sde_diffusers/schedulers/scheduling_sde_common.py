@@ -15,39 +15,22 @@ from diffusers.utils import BaseOutput
 
 from ..parameterization import (
     check_prediction_type,
+    check_time_input,
     continuous_time,
     model_output_to_score,
     model_time,
     score_to_x0,
+    training_marginals,
 )
 from ..sampling import CORRECTORS, PREDICTORS
-from ..sde import SDE, VESDE
+from ..scheduler_sde import DDPM_COMPATIBLES, check_data_range
+from ..sde import SDE, broadcast_to
+from ..validation import check_choice, check_int, check_open_interval, check_positive
 
 __all__ = [
     "SDESchedulerOutput",
     "SDESchedulerMixin",
     "DDPM_COMPATIBLES",
-    "vp_sde_from_config",
-    "check_int",
-    "check_choice",
-]
-
-# Schedulers whose configs (DDPM-style betas, epsilon prediction, 1000 steps) map onto a VP/sub-VP SDE.
-DDPM_COMPATIBLES = [
-    "DDPMScheduler",
-    "DDIMScheduler",
-    "PNDMScheduler",
-    "LMSDiscreteScheduler",
-    "EulerDiscreteScheduler",
-    "HeunDiscreteScheduler",
-    "EulerAncestralDiscreteScheduler",
-    "DPMSolverMultistepScheduler",
-    "DPMSolverSinglestepScheduler",
-    "KDPM2DiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler",
-    "DEISMultistepScheduler",
-    "UniPCMultistepScheduler",
-    "DPMSolverSDEScheduler",
 ]
 
 
@@ -69,30 +52,6 @@ class SDESchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-def check_int(name: str, value: object, minimum: int = 1) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_choice(name: str, value: object, choices: tuple[str, ...] | list[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
-    return value  # type: ignore[return-value]
-
-
-def vp_sde_from_config(
-    sde_cls: type[SDE], num_train_timesteps: int, beta_start: float, beta_end: float, beta_schedule: str
-) -> SDE:
-    """Continuous VP/sub-VP SDE of a DDPM beta schedule: ``beta_min = N beta_start``, ``beta_max = N beta_end``."""
-    if beta_schedule != "linear":
-        raise ValueError(
-            f"beta_schedule must be 'linear' (the continuous VP SDE has a linear beta(t)), got {beta_schedule!r}"
-        )
-    n = check_int("num_train_timesteps", num_train_timesteps, 2)
-    return sde_cls(beta_min=n * beta_start, beta_max=n * beta_end, N=n)
-
-
 class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
     """Timestep grid, step counter and model-output conversion shared by the SDE schedulers.
 
@@ -108,7 +67,7 @@ class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
     @property
     def init_noise_sigma(self) -> float:
         """Std of the prior the sampling loop starts from (``sigma_max`` for VE, 1 for VP/sub-VP)."""
-        return self.sde.sigma_max if isinstance(self.sde, VESDE) else 1.0
+        return self.sde.prior_std
 
     @property
     def step_index(self) -> int | None:
@@ -120,18 +79,41 @@ class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
         return sample
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
-        """Continuous ``t`` to the model's timestep scale (sigma for VE, ``t (N - 1)`` for VP/sub-VP)."""
-        return model_time(self.sde, t)
+        """Continuous ``t`` to the model's timestep scale (``time_input``: sigma for VE, ``t (N - 1)`` for VP)."""
+        return model_time(self.sde, t, self.config.time_input)
 
     def continuous_timesteps(self, timesteps: torch.Tensor | float | int) -> torch.Tensor:
         """The model's timestep scale back to continuous ``t``."""
         timesteps = torch.as_tensor(timesteps)
-        return continuous_time(self.sde, timesteps.to(torch.float64))
+        return continuous_time(self.sde, timesteps.to(torch.float64), self.config.time_input)
+
+    def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(m, s)`` of the marginal the model was trained with at ``t`` (the discrete chain's for
+        ``time_input="discrete_index"``, the SDE's otherwise); shape ``(batch,)`` each."""
+        return training_marginals(self.sde, t, self.config.time_input)
+
+    def _per_sample_time(self, timesteps: torch.Tensor | float | int, like: torch.Tensor) -> torch.Tensor:
+        t = self.continuous_timesteps(timesteps).to(like.device, like.dtype)
+        return t.reshape(-1).expand(like.shape[0]) if t.numel() == 1 else t.reshape(-1)
+
+    def get_velocity(
+        self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor | float | int
+    ) -> torch.Tensor:
+        """The ``v_prediction`` target ``v = m(t) noise - s(t) x_0`` (Diffusers' ``get_velocity``), ``sample = x_0``.
+
+        Args:
+            sample (`torch.Tensor`): clean data ``x_0``, shape `(batch, ...)`.
+            noise (`torch.Tensor`): the noise, same shape.
+            timesteps (`torch.Tensor` of shape `(batch,)`, or a scalar): model-scale timesteps.
+        """
+        m, s = (broadcast_to(c, sample) for c in self.marginal_coeffs(self._per_sample_time(timesteps, sample)))
+        return m * noise - s * sample
 
     def add_noise(
         self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor | float | int
     ) -> torch.Tensor:
-        """Forward-perturb clean samples: ``m(t) x_0 + s(t) noise`` with ``timesteps`` in the model's scale.
+        """Forward-perturb clean samples: ``m(t) x_0 + s(t) noise`` with ``timesteps`` in the model's scale and the
+        marginals of :meth:`marginal_coeffs` (for ``time_input="discrete_index"`` exactly ``DDPMScheduler.add_noise``).
 
         Args:
             original_samples (`torch.Tensor`): clean data ``x_0``, shape `(batch, ...)`.
@@ -145,9 +127,9 @@ class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"noise has shape {tuple(noise.shape)} but original_samples has {tuple(original_samples.shape)}"
             )
-        t = self.continuous_timesteps(timesteps).to(original_samples.device, original_samples.dtype)
-        t = t.reshape(-1).expand(original_samples.shape[0]) if t.numel() == 1 else t.reshape(-1)
-        return self.sde.perturb(original_samples, noise, t)
+        t = self._per_sample_time(timesteps, original_samples)
+        m, s = (broadcast_to(c, original_samples) for c in self.marginal_coeffs(t))
+        return m * original_samples + s * noise
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Build the grid ``linspace(T, sampling_eps, n)`` and the per-call schedule of sub-steps.
@@ -199,12 +181,14 @@ class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
         self._check_step_inputs(model_output, sample)
         index = self._resolve_index(timestep)
         t = self._time_at(index, sample).expand(sample.shape[0])
-        score = model_output_to_score(self.sde, model_output, sample, t, self.config.prediction_type)
+        score = model_output_to_score(
+            self.sde, model_output, sample, t, self.config.prediction_type, self.config.time_input
+        )
         prev_sample, prev_mean = self._apply(self._kinds[index], score, sample, t, generator)
         self._step_index = index + 1
         if self._step_index == len(self._kinds) and self.config.denoise_final:
             prev_sample = prev_mean
-        x0 = score_to_x0(self.sde, score, sample, t)
+        x0 = score_to_x0(self.sde, score, sample, t, self.config.time_input)
         if not return_dict:
             return prev_sample, prev_mean
         return SDESchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=x0)
@@ -245,18 +229,21 @@ class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
         corrector: str,
         snr: float,
         n_corrector_steps: int,
+        time_input: str = "auto",
+        data_range: tuple[float, float] | list[float] = (-1.0, 1.0),
     ) -> None:
         """Validate the shared config before any work starts."""
         check_prediction_type(prediction_type)
+        check_time_input(self.sde, time_input)
+        # stored as a list, as the config reads back from JSON
+        self.register_to_config(data_range=list(check_data_range(data_range)))
         check_choice("predictor", predictor, (*PREDICTORS, "none"))
         check_choice("corrector", corrector, (*CORRECTORS, "none"))
         if predictor == "none" and corrector == "none":
             raise ValueError("predictor and corrector cannot both be 'none'")
         check_int("n_corrector_steps", n_corrector_steps)
-        if not isinstance(snr, (int, float)) or isinstance(snr, bool) or not snr > 0:
-            raise ValueError(f"snr must be a positive number, got {snr!r}")
-        if not isinstance(sampling_eps, (int, float)) or not 0 < sampling_eps < self.sde.T:
-            raise ValueError(f"sampling_eps must lie in (0, {self.sde.T}), got {sampling_eps!r}")
+        check_positive("snr", snr)
+        check_open_interval("sampling_eps", sampling_eps, 0.0, self.sde.T)
         self.timesteps = torch.empty(0)
         self.num_inference_steps: int | None = None
         self._kinds: list[str] | None = None

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from diffusers.configuration_utils import register_to_config
 
+from ..scheduler_sde import translate_config
 from ..sde import VESDE
-from .scheduling_sde_common import SDESchedulerMixin, check_int
+from ..validation import check_int
+from .scheduling_sde_common import SDESchedulerMixin
 
 
 class VESDEScheduler(SDESchedulerMixin):
@@ -31,6 +33,15 @@ class VESDEScheduler(SDESchedulerMixin):
         prediction_type (`str`, defaults to `"score"`): what the network predicts: `"score"`, `"epsilon"`,
             `"sample"` or `"v_prediction"`.
         denoise_final (`bool`, defaults to `True`): the last step returns its noise-free mean as ``prev_sample``.
+        time_input (`str`, defaults to `"auto"`): the model's time input (`"sigma"`; `"reversed_index"` for a model
+            trained on the discrete SMLD chain); ``timesteps`` are in that scale.
+        data_range (`tuple[float, float]`, defaults to `(-1.0, 1.0)`): the data range of the model; `(0.0, 1.0)`
+            for Diffusers' score-SDE repos (``from_config`` of a ``ScoreSdeVeScheduler`` config sets it).
+
+    ``VESDEScheduler.from_config(score_sde_ve_scheduler.config)`` keeps that scheduler's ``sigma_min``,
+    ``sigma_max`` (1348 by default), ``N`` (2000), ``snr``, ``sampling_eps``, ``correct_steps`` and the ``[0, 1]``
+    data range. ``config.correct_steps`` mirrors the corrector steps per level (0 without a corrector), as
+    Diffusers' ``ScoreSdeVePipeline`` reads it.
     """
 
     _compatibles = ["ScoreSdeVeScheduler"]
@@ -49,17 +60,21 @@ class VESDEScheduler(SDESchedulerMixin):
         langevin_per_sample: bool = False,
         prediction_type: str = "score",
         denoise_final: bool = True,
+        time_input: str = "auto",
+        data_range: tuple[float, float] = (-1.0, 1.0),
     ) -> None:
         self.sde = VESDE(
             sigma_min=sigma_min, sigma_max=sigma_max, N=check_int("num_train_timesteps", num_train_timesteps)
         )
-        self._init_common(prediction_type, sampling_eps, predictor, corrector, snr, n_corrector_steps)
+        self._init_common(
+            prediction_type, sampling_eps, predictor, corrector, snr, n_corrector_steps, time_input, data_range
+        )
+        self.register_to_config(correct_steps=n_corrector_steps if corrector != "none" else 0)
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """Like ``ConfigMixin.from_config``; also maps ``ScoreSdeVeScheduler``'s ``correct_steps``."""
+        """Like ``ConfigMixin.from_config``; keeps the conventions of a ``ScoreSdeVeScheduler`` config (see the class
+        docstring)."""
         config = dict(config or {})
-        explicit = set(config) - set(config.get("_use_default_values", []))
-        if "correct_steps" in explicit and "n_corrector_steps" not in config:
-            kwargs.setdefault("n_corrector_steps", config["correct_steps"])
+        kwargs = translate_config(config, cls._get_init_keys(cls), kwargs, target_sde="ve")
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)

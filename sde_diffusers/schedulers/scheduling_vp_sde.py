@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from diffusers.configuration_utils import register_to_config
 
+from ..scheduler_sde import DDPM_COMPATIBLES, beta_sde, translate_config
 from ..sde import VPSDE
-from .scheduling_sde_common import DDPM_COMPATIBLES, SDESchedulerMixin, vp_sde_from_config
+from .scheduling_sde_common import SDESchedulerMixin
 
 
 class VPSDEScheduler(SDESchedulerMixin):
@@ -31,6 +32,13 @@ class VPSDEScheduler(SDESchedulerMixin):
         n_corrector_steps (`int`, defaults to 1): corrector steps per time.
         langevin_per_sample (`bool`, defaults to `False`): per-sample Langevin step sizes.
         denoise_final (`bool`, defaults to `True`): the last step returns its noise-free mean as ``prev_sample``.
+        time_input (`str`, defaults to `"auto"`): the model's time input: `"index"` (``t (N - 1)``, continuous-time
+            training), `"discrete_index"` (same timesteps, trained on the discrete DDPM chain: the model output is
+            read against ``alphas_cumprod``) or `"t"`.
+        data_range (`tuple[float, float]`, defaults to `(-1.0, 1.0)`): the data range of the model.
+
+    ``from_config`` of a DDPM-family config (``DDPMScheduler``, ``DDIMScheduler``, ...) sets
+    ``time_input="discrete_index"`` for VP: those models were trained on the discrete chain.
     """
 
     _compatibles = DDPM_COMPATIBLES + ["ScoreSdeVpScheduler"]
@@ -51,17 +59,19 @@ class VPSDEScheduler(SDESchedulerMixin):
         n_corrector_steps: int = 1,
         langevin_per_sample: bool = False,
         denoise_final: bool = True,
+        time_input: str = "auto",
+        data_range: tuple[float, float] = (-1.0, 1.0),
     ) -> None:
-        self.sde = vp_sde_from_config(self._sde_class, num_train_timesteps, beta_start, beta_end, beta_schedule)
-        self._init_common(prediction_type, sampling_eps, predictor, corrector, snr, n_corrector_steps)
+        self.sde = beta_sde(self._sde_class, num_train_timesteps, beta_start, beta_end, beta_schedule)
+        self._init_common(
+            prediction_type, sampling_eps, predictor, corrector, snr, n_corrector_steps, time_input, data_range
+        )
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """Like ``ConfigMixin.from_config``; also maps ``ScoreSdeVpScheduler``'s ``beta_min``/``beta_max``."""
+        """Like ``ConfigMixin.from_config``; keeps the conventions of DDPM-family and ``ScoreSdeVpScheduler``
+        configs (``beta_min``/``beta_max`` map to ``beta_start``/``beta_end``)."""
         config = dict(config or {})
-        explicit = set(config) - set(config.get("_use_default_values", []))
-        n = config.get("num_train_timesteps", 1000)
-        for src, dst in (("beta_min", "beta_start"), ("beta_max", "beta_end")):
-            if src in explicit and dst not in config:
-                kwargs.setdefault(dst, config[src] / n)
+        target = "vp" if cls._sde_class is VPSDE else "subvp"
+        kwargs = translate_config(config, cls._get_init_keys(cls), kwargs, target_sde=target)
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
