@@ -290,6 +290,22 @@ def test_dinov2_features_are_the_models_cls_token_on_processed_pixels(dino, dino
     assert not torch.allclose(standard(images).features, out.features, atol=1e-3)  # the crop matters
 
 
+def test_dinov2_with_registers_loads_too(tmp_path):
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    torch.manual_seed(1)
+    config = Dinov2WithRegistersConfig(
+        hidden_size=16, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, image_size=28, patch_size=14
+    )
+    model = Dinov2WithRegistersModel(config).eval()
+    model.save_pretrained(tmp_path / "reg")
+    images = _photo(20, count=2)
+    extractor = load_feature_extractor("dinov2", tmp_path / "reg")
+    with torch.no_grad():
+        expected = model(pixel_values=_pixel_values(_processor("BitImageProcessor", **FD_DINOV2), images))
+    torch.testing.assert_close(extractor(images).features, expected.pooler_output, rtol=1e-5, atol=1e-5)
+
+
 def test_clip_features_are_the_image_embeddings_on_processed_pixels(clip, clip_dir):
     from transformers import CLIPModel
 
