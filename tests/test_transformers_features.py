@@ -38,6 +38,7 @@ from sde_diffusers.evaluation.transformers_features import (
     CLIPExtractor,
     DINOv2Extractor,
     class_clip_score,
+    class_prompts,
     fd_dinov2_preprocessing,
 )
 
@@ -458,6 +459,19 @@ def test_class_clip_score_matches_a_direct_computation(clip, clip_dir):
         class_clip_score(clip, images, labels, names, template="a photo")
     with pytest.raises(ValueError, match="text tower"):
         class_clip_score(load_feature_extractor("clip", clip_dir), images, labels, names)
+
+
+def test_class_prompts_for_built_in_and_named_classes():
+    assert class_prompts(10, data="cifar10")[3] == "a photo of a cat."
+    assert class_prompts(10, data="mnist")[7] == 'a photo of the number: "7".'
+    assert class_prompts(2, ["red fox", " owl "], data="my-folder") == ["a photo of a red fox.", "a photo of a owl."]
+    assert class_prompts(1, ["x"], template="{} art") == ["x art"]
+    with pytest.raises(ValueError, match="no default names"):
+        class_prompts(3, data="my-folder")
+    with pytest.raises(ValueError, match="has 5 classes"):
+        class_prompts(5, data="cifar10")
+    with pytest.raises(ValueError, match="exactly one"):
+        class_prompts(1, ["x"], template="x")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ __all__ = [
     "CLIPExtractor",
     "DINOv2Extractor",
     "class_clip_score",
+    "class_prompts",
     "fd_dinov2_preprocessing",
     "load_transformers_extractor",
 ]
@@ -53,6 +54,8 @@ DEFAULT_DINOV2_WEIGHTS = "facebook/dinov2-large"
 DEFAULT_CLIP_WEIGHTS = "openai/clip-vit-large-patch14"
 #: CLIP's prompt for a class name (Radford et al. 2021).
 CLIP_PROMPT = "a photo of a {}."
+#: CLIP's prompt for the digit classes of MNIST (from the CLIP paper's prompt lists).
+DIGIT_PROMPT = 'a photo of the number: "{}".'
 
 _DINOV2_TYPES = ("dinov2", "dinov2_with_registers")
 _CLIP_TYPES = ("clip", "clip_vision_model")
@@ -385,6 +388,41 @@ def load_transformers_extractor(
     raise ValueError(f"name must be 'dinov2' or 'clip', got {name!r}")
 
 
+def class_prompts(
+    num_classes: int, class_names: Sequence[str] | None = None, data: str | None = None, template: str | None = None
+) -> list[str]:
+    """CLIP prompts for the classes ``0 .. num_classes - 1`` of a class-conditional model.
+
+    Args:
+        num_classes (`int`): classes of the model.
+        class_names (`Sequence[str]`, *optional*): name of each class; defaults to the classes of a built-in data
+            set ``data`` (``"cifar10"``: CIFAR-10's names; ``"digits"`` / ``"mnist"``: ``"0"`` .. ``"9"``).
+        data (`str`, *optional*): the data set the model was trained on.
+        template (`str`, *optional*): prompt with one ``{}``; defaults to ``"a photo of a {}."`` (digits:
+            ``'a photo of the number: "{}".'``).
+
+    Raises:
+        ValueError: no names for a data set that is not built in, or as many names as classes.
+    """
+    from .datasets import CIFAR10_CLASSES
+
+    digits = data in ("digits", "mnist")
+    if class_names is None:
+        if data == "cifar10":
+            class_names = CIFAR10_CLASSES
+        elif digits:
+            class_names = [str(d) for d in range(10)]
+        else:
+            raise ValueError(f"the classes of {data!r} have no default names: pass the class names")
+    names = list(class_names)
+    if len(names) != num_classes or not all(isinstance(n, str) and n.strip() for n in names):
+        raise ValueError(f"the model has {num_classes} classes: give as many non-empty class names, got {names}")
+    template = template or (DIGIT_PROMPT if digits else CLIP_PROMPT)
+    if not isinstance(template, str) or template.count("{}") != 1:
+        raise ValueError(f"template must contain exactly one '{{}}', got {template!r}")
+    return [template.format(n.strip()) for n in names]
+
+
 def class_clip_score(
     extractor: CLIPExtractor,
     images: torch.Tensor | np.ndarray | Iterable[torch.Tensor],
@@ -417,12 +455,11 @@ def class_clip_score(
 
     if not isinstance(extractor, CLIPExtractor):
         raise TypeError(f"extractor must be a CLIPExtractor, got {type(extractor).__name__}")
-    if isinstance(class_names, str) or not class_names or not all(isinstance(c, str) for c in class_names):
+    if isinstance(class_names, str) or not class_names:
         raise TypeError("class_names must be a non-empty sequence of strings")
-    if not isinstance(template, str) or template.count("{}") != 1:
-        raise ValueError(f"template must contain exactly one '{{}}', got {template!r}")
+    prompts = class_prompts(len(class_names), class_names, template=template)
     if not extractor.has_text:
         raise ValueError("the CLIP score needs the text tower: load the extractor with with_text=True")
-    texts = extractor.encode_text([template.format(name) for name in class_names])
+    texts = extractor.encode_text(prompts)
     image_embeds = extract_features(extractor, images, batch_size=batch_size, input_range=input_range).features
     return clip_score(image_embeds, texts, labels=labels, scale=scale)
