@@ -49,12 +49,18 @@ __all__ = [
     "load_image_data",
     "preprocess_image",
     "list_image_files",
+    "to_model_range",
 ]
 
 BUILTIN_DATASETS = ("digits", "mnist")
 RESIZE_MODES = ("resize", "pad")
 IMAGE_MODES = ("L", "RGB")
 _CHANNELS = {"L": 1, "RGB": 3}
+
+
+def to_model_range(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """8-bit images (``uint8``, any shape) to ``[-1, 1]`` as ``x / 127.5 - 1``: the range the models train on."""
+    return images.to(dtype) / 127.5 - 1.0
 
 
 @dataclass
@@ -111,7 +117,7 @@ class ImageData:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Images at ``indices`` scaled to ``[-1, 1]`` (and their labels), on ``device``."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        x = self.images[idx].to(device=device, non_blocking=True).to(dtype) / 127.5 - 1.0
+        x = to_model_range(self.images[idx].to(device=device, non_blocking=True), dtype)
         y = self.labels[idx].to(device=device, non_blocking=True) if self.labels is not None else None
         return x, y
 

@@ -160,6 +160,10 @@ def test_the_strategy_validates_once_at_its_public_methods():
         corruption.degrade(x0, torch.full((3,), 0.5, dtype=F64))
     with pytest.raises(ValueError, match="noise must have the shape of the data"):
         corruption.corrupt(x0, torch.full((4,), 0.5, dtype=F64), torch.zeros(4, 3, dtype=F64))
+    with pytest.raises(TypeError, match=r"t must be a torch.Tensor"):
+        corruption.noise_std(0.5)
+    with pytest.raises(ValueError, match=r"t must be floating-point times in \[0, T\]"):
+        corruption.noise_std(torch.tensor([1.5]))
     with pytest.raises(ValueError, match=r"`eps` must lie in \(0.0, 1.0\)"):
         GaussianCorruption(VPSDE(), eps=0.0)
     with pytest.raises(TypeError, match="sde must be an sde_diffusers.SDE"):

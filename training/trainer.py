@@ -28,6 +28,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from sde_diffusers.data import to_model_range
+
 from .checkpointing import (
     CHECKPOINT_FORMAT,
     STATE_FILE,
@@ -287,7 +289,7 @@ class Trainer:
         flip = torch.rand(g, generator=gen, device=dev) < 0.5 if cfg.random_flip else None
         mine = slice(self.rank * cfg.train_batch_size, (self.rank + 1) * cfg.train_batch_size)
         local = idx[mine]
-        x = self.images[local].to(dev, non_blocking=True).float() / 127.5 - 1.0
+        x = to_model_range(self.images[local].to(dev, non_blocking=True))
         if flip is not None:
             x = torch.where(flip[mine].view(-1, 1, 1, 1), x.flip(-1), x)
         y = self.labels[local].to(dev) if self.labels is not None else None

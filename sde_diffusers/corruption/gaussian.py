@@ -36,9 +36,8 @@ class GaussianCorruption(LinearCorruption):
 
     def check_time(self, t: object, x: torch.Tensor | None = None) -> torch.Tensor:
         """Times ``(batch,)`` in ``[0, T]`` with a positive perturbation std (VP / sub-VP need ``t > 0``)."""
-        if isinstance(t, torch.Tensor):
-            self.sde.check_time(t, x)
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or bool(((t < 0) | (t > self.T)).any()):
+        self.sde.check_time(t, x)
+        if not t.is_floating_point() or bool(((t < 0) | (t > self.T)).any()):
             raise ValueError(f"t must be floating-point times in [0, T] = [0, {self.T}]")
         if bool((self.sde.marginal_coeffs(t)[1] <= 0).any()):
             raise ValueError("t must give a positive perturbation std (VP / sub-VP need t > 0)")
