@@ -38,8 +38,9 @@ import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from sde_diffusers.scheduler_sde import SchedulerSDE
-from sde_diffusers.sde import VESDE
+from sde_diffusers.likelihood import LikelihoodOutput, log_likelihood
+from sde_diffusers.scheduler_sde import SchedulerSDE, scheduler_family
+from sde_diffusers.schedulers import VESDEScheduler, VPSDEScheduler
 from sde_diffusers.validation import check_choice, check_int, check_number
 
 from .conditioning import ClassifierGuidance, Conditioning, ScoreTerm
@@ -49,6 +50,7 @@ from .input_checks import (
     check_latents,
     check_output_type,
     class_label_tensor,
+    images_to_tensor,
     resolve_batch_size,
 )
 from .pipeline_utils import SDEDiffusionPipeline
@@ -58,7 +60,6 @@ __all__ = [
     "SamplingPipelineBase",
     "ScoreSdePipelineBase",
     "ScoreSdePipeline",
-    "SchedulerSDE",
     "ScoreTerm",
     "Conditioning",
     "OUTPUT_TYPES",
@@ -80,8 +81,17 @@ except ImportError:  # torch < 2.3
 # "scheduler": the loop over `scheduler.timesteps`; the others: the adaptive solvers of `sde_diffusers.sampling`
 # (probability-flow ODE, RK45 by default; reverse SDE of Jolicoeur-Martineau et al. 2021) on the same score.
 SAMPLERS = ("scheduler", "adaptive_ode", "adaptive_sde")
-# The network's data range; outputs map it to [0, 1] (Diffusers' convention for image pipelines).
+# The default network data range (ours, Diffusers' DDPM family, Soft Diffusion); a pipeline reads its own from the
+# scheduler (`SamplingPipelineBase.data_range`), e.g. [0, 1] for Diffusers' score-SDE VE repos. Outputs map it to
+# [0, 1] (Diffusers' convention for image pipelines).
 DATA_RANGE = (-1.0, 1.0)
+# Diffusers' score-SDE schedulers have no `step` (their pipelines call `step_correct` / `step_pred`): the loop drives
+# the equivalent scheduler of ours, built with its `from_config` (which keeps every setting and the data range).
+_EQUIVALENT_SCHEDULERS = {
+    "score_sde_ve": (VESDEScheduler, {}),
+    # ScoreSdeVpScheduler's `step_pred` is an Euler-Maruyama step of the reverse SDE, without a corrector.
+    "score_sde_vp": (VPSDEScheduler, {"predictor": "euler_maruyama", "corrector": "none"}),
+}
 
 
 @dataclass
@@ -118,6 +128,51 @@ class SamplingPipelineBase(SDEDiffusionPipeline):
         size = self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         return int(self.unet.config.in_channels), int(height), int(width)
+
+    # ---- the scheduler and its conventions --------------------------------------------------------------
+    @property
+    def sampling_scheduler(self) -> Any:
+        """The scheduler the sampling loop drives: ``self.scheduler``, or for one without ``step`` its equivalent.
+
+        Diffusers' ``ScoreSdeVeScheduler`` (google/ncsnpp-* repos) has no ``step``: Diffusers' ScoreSdeVePipeline
+        calls its ``step_correct`` and ``step_pred``. It is converted exactly, with ``VESDEScheduler.from_config``:
+        the same SDE (``sigma_min``, ``sigma_max``, ``N``), time grid ``linspace(1, sampling_eps, n)``,
+        reverse-diffusion predictor, Langevin corrector (``snr``, ``correct_steps``), score output and ``[0, 1]``
+        data range (``ScoreSdeVpScheduler`` likewise to ``VPSDEScheduler`` with an Euler-Maruyama predictor). The
+        steps are ours, so draws are not bit-identical to Diffusers' loop (which takes its predictor's noise levels
+        from a separate grid indexed by ``floor(t (n - 1))``). The conversion is made once per scheduler object;
+        ``self.scheduler`` is left as it is.
+
+        Raises:
+            ValueError: the scheduler has no ``step`` and no equivalent here.
+        """
+        scheduler = self.scheduler
+        if callable(getattr(scheduler, "step", None)):
+            return scheduler
+        cached = getattr(self, "_equivalent_scheduler", None)
+        if cached is not None and cached[0] is scheduler:
+            return cached[1]
+        family = scheduler_family(scheduler)
+        if family not in _EQUIVALENT_SCHEDULERS:
+            raise ValueError(
+                f"`scheduler` ({type(scheduler).__name__}) has no `step` method; use one of our schedulers or a "
+                "Diffusers scheduler with `step`."
+            )
+        cls, kwargs = _EQUIVALENT_SCHEDULERS[family]
+        equivalent = cls.from_config(scheduler.config, **kwargs)
+        self._equivalent_scheduler = (scheduler, equivalent)
+        return equivalent
+
+    def scheduler_sde(self, scheduler: Any = None) -> SchedulerSDE:
+        """The forward SDE and the conventions (time input, prediction type, data range) of ``scheduler`` (the
+        :attr:`sampling_scheduler` by default) and this pipeline's network."""
+        return SchedulerSDE(self.sampling_scheduler if scheduler is None else scheduler, model=self.unet)
+
+    @property
+    def data_range(self) -> tuple[float, float]:
+        """Range of the data the network works on, read from the scheduler's class and config (never from pixels):
+        ``(-1, 1)`` for ours and Diffusers' DDPM family, ``(0, 1)`` for Diffusers' score-SDE VE repos."""
+        return self.scheduler_sde().data_range
 
     # ---- checks ------------------------------------------------------------------------------------------
     def check_loop_inputs(
@@ -165,8 +220,10 @@ class SamplingPipelineBase(SDEDiffusionPipeline):
     ) -> torch.Tensor:
         """The network output at ``(sample, timestep)`` with the conditioning folded in."""
         model_input = scheduler.scale_model_input(sample, timestep)
-        if cond.score_terms:
-            t = view.continuous(timestep, model_input.shape[0], model_input)
+        t = view.continuous(timestep, model_input.shape[0], model_input) if cond.score_terms else None
+        # A continuous-time model under a DDPM-family grid reaches t = 0, where its training marginal has no noise:
+        # the score is undefined there and nothing is left to condition, so the network output goes on unchanged.
+        if t is not None and bool((view.marginal_coeffs(t)[1] > 0).all()):
             score = self._conditional_score(model_input, t, timestep, view, cond)
             out = view.from_score(score, model_input, t)
         else:
@@ -212,9 +269,9 @@ class SamplingPipelineBase(SDEDiffusionPipeline):
         ``scheduler`` defaults to the pipeline's own); the adaptive solvers of :mod:`sde_diffusers.sampling` run
         their own step-size control on the same conditional score.
         """
-        scheduler = self.scheduler if scheduler is None else scheduler
+        scheduler = self.sampling_scheduler if scheduler is None else scheduler
         needs_sde = bool(cond.score_terms) or cond.after_step is not None or sampler != "scheduler"
-        view = SchedulerSDE(scheduler) if needs_sde else None
+        view = self.scheduler_sde(scheduler) if needs_sde else None
         if view is not None and not view.available:
             view.sde  # noqa: B018 - raises the explanatory ValueError before any work
         if sampler != "scheduler":
@@ -258,8 +315,7 @@ class SamplingPipelineBase(SDEDiffusionPipeline):
 
         solve = {"adaptive_ode": sample_probability_flow, "adaptive_sde": sample_adaptive_sde}[sampler]
         # The prior of the SDE: N(0, sigma_max^2) for VE, N(0, 1) for VP and sub-VP.
-        prior_std = view.sde.sigma_max if isinstance(view.sde, VESDE) else 1.0
-        x = self._initial_latents(shape, generator, latents, prior_std, cond)
+        x = self._initial_latents(shape, generator, latents, view.prior_std, cond)
 
         def score_fn(x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self._conditional_score(x_t, t, view.model_timestep(t), view, cond)
@@ -402,6 +458,55 @@ class ScoreSdePipelineBase(SamplingPipelineBase):
                 "`sampler_options` apply to the adaptive samplers; configure a scheduler with from_config."
             )
 
+    # ---- likelihood ------------------------------------------------------------------------------------
+    def log_likelihood(
+        self,
+        images: PIL.Image.Image | list[PIL.Image.Image] | np.ndarray | torch.Tensor,
+        class_labels: int | Sequence[int] | torch.Tensor | np.ndarray | None = None,
+        **kwargs,
+    ) -> LikelihoodOutput:
+        r"""
+        Exact log-likelihood and bits per dimension of images under the probability-flow ODE of this pipeline's
+        network and scheduler (:func:`~sde_diffusers.likelihood.log_likelihood`), in the network's own data range.
+
+        Args:
+            images (PIL image(s), `np.ndarray` or `torch.Tensor`): images in ``[0, 1]`` (uint8 is divided by 255)
+                with the UNet's channels and size, like the pipelines' image inputs.
+            class_labels (`int`, `list[int]`, `torch.Tensor` or `np.ndarray`, *optional*): classes of a
+                label-conditional UNet, one per image or one for all (the classifier does not enter the likelihood).
+            kwargs: options of :func:`~sde_diffusers.likelihood.log_likelihood` (`trace`, `num_probes`, `rtol`,
+                `atol`, `eps`, `method`, `dequantize`, `num_dequant`, `num_levels`, `generator`, ...). The SDE, the
+                network's time input and prediction type and the data range come from the pipeline.
+
+        Returns:
+            [`~sde_diffusers.likelihood.LikelihoodOutput`]: `log_likelihood` in nats of the images mapped to the
+            network's data range (``D log 2`` lower for ``[-1, 1]`` than for ``[0, 1]``), and `bits_per_dim` with
+            the dequantization offset of that range, so bits per dimension compare across ranges.
+        """
+        reserved = {"sde", "data_range", "scheduler_config", "prediction_type", "time_input", "model_kwargs"}
+        if reserved & set(kwargs):
+            raise TypeError(f"{sorted(reserved & set(kwargs))} are read from the pipeline; do not pass them.")
+        x = images_to_tensor(images, "images")
+        expected = self._sample_shape_from_config()
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"`images` must be {'x'.join(map(str, expected))} (channels x height x width, the UNet's), got "
+                f"{'x'.join(map(str, x.shape[1:]))}."
+            )
+        if class_labels is not None and self.num_unet_classes is None:
+            raise ValueError("`class_labels` need a label-conditional UNet; the classifier is not part of p(x).")
+        labels = self.check_class_inputs(class_labels, 0.0, None) if self.num_unet_classes is not None else None
+        n_labels = None if labels is None or labels.numel() == 1 else labels.numel()
+        batch = resolve_batch_size(None, None, images=x.shape[0], class_labels=n_labels)
+        view = self.scheduler_sde()
+        device, dtype = self._execution_device, self.unet.dtype
+        model_kwargs = {}
+        if labels is not None:
+            model_kwargs["class_labels"] = self._expand_labels(labels, batch, device)
+        x = self.from_unit_range(x, data_range=view.data_range).to(device=device, dtype=dtype)
+        score_fn = view.score_fn(self.unet, **model_kwargs)
+        return log_likelihood(score_fn, view.sde, x, data_range=view.data_range, **kwargs)
+
     def _classifier_terms(self, labels: torch.Tensor | None, scale: float) -> list[ScoreTerm]:
         if labels is None or self.classifier is None or scale == 0:
             return []
@@ -511,4 +616,4 @@ class ScoreSdePipeline(ScoreSdePipelineBase):
             sampler=sampler,
             sampler_options=sampler_options,
         )
-        return self._finish(self.to_unit_range(x), output_type, return_dict, nfe)
+        return self._finish(self.to_unit_range(x, data_range=self.data_range), output_type, return_dict, nfe)

@@ -199,8 +199,10 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
             q = axis.to(x.dtype)
             return q * (q * x).sum(1, keepdim=True)
 
-        # In the network range [-1, 1], w . x = 2 grey - 1 since the weights sum to 1; so P x = q0 (2 grey - 1) / |w|.
-        observed = axis * self.from_unit_range(grey) / float(weights.norm())
+        # In the network range [lo, hi], w . x = lo + (hi - lo) grey since the weights sum to 1 (2 grey - 1 in
+        # [-1, 1]); so P x = q0 (w . x) / |w|.
+        data_range = self.data_range  # [-1, 1], or [0, 1] for Diffusers' score-SDE VE repos
+        observed = axis * self.from_unit_range(grey, data_range=data_range) / float(weights.norm())
         observation = LinearObservation(
             observed=observed.to(dtype),
             project=project,
@@ -224,5 +226,5 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
         # Paste the observed grey axis (the paper's last replacement), then bring colours into [0, 1] along the
         # grey-preserving direction, so the grey level of the result is the input's.
         x = observation.replace(x.float(), observed)
-        images = fit_grey_in_range(self.to_unit_range(x, clamp=False), grey, weights.tolist())
+        images = fit_grey_in_range(self.to_unit_range(x, clamp=False, data_range=data_range), grey, weights.tolist())
         return self._finish(images, output_type, return_dict, nfe)

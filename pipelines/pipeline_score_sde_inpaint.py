@@ -124,7 +124,8 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
         shape = (batch, *pixels.shape[1:])
         pixels = pixels.expand(shape).to(device)
         keep = (1.0 - mask).expand(shape).to(device)
-        observed = keep * self.from_unit_range(pixels)
+        data_range = self.data_range  # [-1, 1], or [0, 1] for Diffusers' score-SDE VE repos
+        observed = keep * self.from_unit_range(pixels, data_range=data_range)
         observation = LinearObservation(
             observed=observed.to(dtype),
             project=lambda x: keep.to(x.dtype) * x,
@@ -146,7 +147,7 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
             sampler_options=sampler_options,
         )
         # The kept pixels are the input's, bit for bit.
-        images = torch.where(keep > 0, pixels, self.to_unit_range(x.float()))
+        images = torch.where(keep > 0, pixels, self.to_unit_range(x.float(), data_range=data_range))
         return self._finish(images, output_type, return_dict, nfe)
 
     def _prepare_mask(

@@ -157,14 +157,15 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
 
     def _replacement_hook(self, observation: LinearObservation) -> Callable:
         def after_step(sample: torch.Tensor, index: int, generator: Any) -> torch.Tensor:
-            timesteps = self.scheduler.timesteps
+            scheduler = self.sampling_scheduler
+            timesteps = scheduler.timesteps
             if index + 1 >= len(timesteps):  # the last step returned clean data
                 return observation.replace(sample, observation.observed.to(sample.dtype))
             # The sample now sits at the noise level of the next entry of `timesteps` (for a PC scheduler that is the
             # same level after a corrector call): noise the observation to that level in the scheduler's own scale.
             noise = randn_tensor(tuple(sample.shape), generator=generator, device=sample.device, dtype=sample.dtype)
             t_next = timesteps[index + 1].reshape(1).expand(sample.shape[0])
-            noisy = self.scheduler.add_noise(observation.observed.to(sample.dtype), noise, t_next)
+            noisy = scheduler.add_noise(observation.observed.to(sample.dtype), noise, t_next)
             return observation.replace(sample, noisy)
 
         return after_step

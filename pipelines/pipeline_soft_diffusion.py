@@ -38,7 +38,7 @@ from sde_diffusers.validation import check_choice
 
 from .conditioning import Conditioning
 from .input_checks import check_latents, images_to_tensor, mask_to_tensor, resolve_batch_size
-from .pipeline_score_sde import SamplingPipelineBase, ScoreSdePipelineOutput
+from .pipeline_score_sde import DATA_RANGE, SamplingPipelineBase, ScoreSdePipelineOutput
 
 __all__ = ["SoftDiffusionPipelineBase", "SoftDiffusionPipeline", "SoftDiffusionInpaintPipeline"]
 
@@ -71,6 +71,15 @@ class SoftDiffusionPipelineBase(SamplingPipelineBase):
         self.register_modules(unet=unet, scheduler=scheduler)
 
     # ---- facts about the components ------------------------------------------------------------------
+    @property
+    def data_range(self) -> tuple[float, float]:
+        """``(-1, 1)``: Soft Diffusion networks work on ``[-1, 1]`` images (there is no SDE behind the scheduler)."""
+        return DATA_RANGE
+
+    def scheduler_sde(self, scheduler: Any = None) -> Any:
+        """Not available: a blur + noise corruption is no SDE (score-based conditioning does not apply)."""
+        raise TypeError("Soft Diffusion pipelines have no SDE behind their scheduler (blur + noise corruption).")
+
     def sample_shape(self) -> tuple[int, int, int]:
         """``(channels, height, width)`` of the generated images (the UNet's config; checked against the scheduler)."""
         channels, height, width = self._sample_shape_from_config()
