@@ -1,5 +1,6 @@
 """sde-diffusers: score-based generative modeling through SDEs, and Soft Diffusion, for Hugging Face Diffusers."""
 
+from .convert import convert_score_sde_checkpoint
 from .corruption import (
     CorruptionSchedule,
     DCTBlur,
@@ -83,6 +84,7 @@ __all__ = [
     "ReverseSDE",
     "get_sde",
     "make_score_fn",
+    "convert_score_sde_checkpoint",
     "model_output_to_score",
     "score_to_model_output",
     "SDESchedulerOutput",

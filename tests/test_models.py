@@ -303,15 +303,15 @@ def test_paper_size_ncsnpp_forward():
             dict(sample_size=20, channel_mult=(1, 2, 2, 2)),
             "divisible by 2\\*\\*\\(len\\(channel_mult\\) - 1\\) = 8",
         ),
-        (dict(sample_size=0), "sample_size must be a positive integer"),
+        (dict(sample_size=0), "`sample_size` must be an integer >= 1"),
         (dict(base_channels=20, norm_num_groups=3), "not divisible by 3 groups"),
         (dict(attention_resolutions=(16, 5)), "attention_resolutions \\[5\\]"),
-        (dict(progressive="skip"), "progressive must be one of"),
-        (dict(progressive_input="sum"), "progressive_input must be one of"),
-        (dict(resblock_type="resnet"), "resblock_type must be one of"),
+        (dict(progressive="skip"), "`progressive` must be one of"),
+        (dict(progressive_input="sum"), "`progressive_input` must be one of"),
+        (dict(resblock_type="resnet"), "`resblock_type` must be one of"),
         (dict(channel_mult=()), "channel_mult must be a non-empty"),
         (dict(dropout=1.5), "dropout must be in"),
-        (dict(num_class_embeds=0), "num_class_embeds must be a positive integer"),
+        (dict(num_class_embeds=0), "`num_class_embeds` must be an integer >= 1"),
         (dict(fir_kernel=()), "fir_kernel"),
         (dict(out_channels=2, progressive="output_skip"), "out_channels == in_channels"),
         (dict(widths=3), "unknown config keys \\['widths'\\]"),
@@ -389,7 +389,7 @@ def test_classifier_is_time_conditional_and_guidance_gradient_is_grad_log_softma
 def test_classifier_bad_inputs():
     with pytest.raises(ValueError, match="num_classes must be at least 2"):
         NoiseConditionalClassifier.from_preset("classifier-tiny", num_classes=1)
-    with pytest.raises(ValueError, match="time_embedding_type must be one of"):
+    with pytest.raises(ValueError, match="`time_embedding_type` must be one of"):
         NoiseConditionalClassifier.from_preset("classifier-tiny", time_embedding_type="learned")
     with pytest.raises(ValueError, match="not divisible"):
         NoiseConditionalClassifier.from_preset("classifier-tiny", base_channels=20, norm_num_groups=3)

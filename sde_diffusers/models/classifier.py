@@ -19,7 +19,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .layers import GaussianFourierProjection, group_norm, linear, num_groups_for, sinusoidal_embedding
-from .ncsnpp import _choice, _positive_int, prepare_timestep
+from .ncsnpp import _choice, _positive_int, embedding_dtype, prepare_timestep
 
 __all__ = ["NoiseConditionalClassifier", "NoiseConditionalClassifierOutput"]
 
@@ -201,7 +201,7 @@ class NoiseConditionalClassifier(ModelMixin, ConfigMixin):
                 f"sample must have shape (batch, {self.config.in_channels}, height, width), got {tuple(sample.shape)}"
             )
         batch = sample.shape[0]
-        t = prepare_timestep(timestep, batch, sample.device)
+        t = prepare_timestep(timestep, batch, sample.device, embedding_dtype(sample.dtype))
         emb = (
             self.fourier_proj(torch.log(t))
             if self.fourier_proj is not None

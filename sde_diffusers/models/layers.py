@@ -84,28 +84,29 @@ def linear(in_features: int, out_features: int) -> nn.Linear:
 
 
 # ---- group normalisation -----------------------------------------------------------------------------
-def num_groups_for(channels: int, max_groups: int = 32) -> int:
-    """Number of GroupNorm groups for ``channels``: ``min(channels // 4, max_groups)``, at least 1.
+def num_groups_for(channels: int, max_groups: int = 32, min_group_channels: int = 4) -> int:
+    """Number of GroupNorm groups for ``channels``: ``min(channels // min_group_channels, max_groups)``, at least 1.
 
-    This is score_sde's rule (groups of at least four channels, at most 32 groups), extended so that
-    fewer than eight channels still normalise (one or two groups).
+    With the defaults this is score_sde's NCSN++ rule (groups of at least four channels, at most 32 groups),
+    extended so that fewer than eight channels still normalise (one or two groups); ``min_group_channels=1``
+    gives the original DDPM network's fixed 32 groups (for 32 channels or more).
 
     Raises:
         ValueError: if ``channels`` is not divisible by the resulting number of groups.
     """
-    groups = max(1, min(channels // 4, max_groups))
+    groups = max(1, min(channels // min_group_channels, max_groups))
     if channels % groups != 0:
         raise ValueError(
             f"GroupNorm: {channels} channels are not divisible by {groups} groups "
-            f"(groups = min(channels // 4, norm_num_groups={max_groups})); choose channel counts that are "
-            f"multiples of {groups} or change norm_num_groups"
+            f"(groups = min(channels // {min_group_channels}, norm_num_groups={max_groups})); choose channel "
+            f"counts that are multiples of {groups} or change norm_num_groups"
         )
     return groups
 
 
-def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
+def group_norm(channels: int, max_groups: int = 32, min_group_channels: int = 4) -> nn.GroupNorm:
     """``nn.GroupNorm`` with :func:`num_groups_for` groups and ``eps=1e-6``."""
-    return nn.GroupNorm(num_groups_for(channels, max_groups), channels, eps=1e-6)
+    return nn.GroupNorm(num_groups_for(channels, max_groups, min_group_channels), channels, eps=1e-6)
 
 
 # ---- FIR resampling ----------------------------------------------------------------------------------
@@ -137,16 +138,30 @@ def upfirdn2d(
     Returns:
         `torch.Tensor`: ``(batch, channels, (H * up + pad0 + pad1 - n) // down + 1, ...)``.
     """
-    b, c, h, w = x.shape
+    c = x.shape[1]
+    n = kernel.shape[0]
+    weight = _depthwise(kernel, c, x)
     if up > 1:
-        x = x.reshape(b, c, h, 1, w, 1)
-        x = F.pad(x, (0, up - 1, 0, 0, 0, up - 1))
-        x = x.reshape(b, c, h * up, w * up)
-    if pad != (0, 0):
-        x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
-    weight = kernel.flip(0, 1).to(dtype=x.dtype, device=x.device)
-    weight = weight[None, None].expand(c, 1, *kernel.shape)
-    return F.conv2d(x, weight, stride=down, groups=c)
+        # Zero insertion followed by a true convolution is a strided transposed convolution (no zeros are
+        # materialised); its full output starts n - 1 samples before the padded signal's first output.
+        h, w = x.shape[-2:]
+        out_h, out_w = h * up + pad[0] + pad[1] - n + 1, w * up + pad[0] + pad[1] - n + 1
+        start = n - 1 - pad[0]
+        if start >= 0 and pad[1] <= n - up:  # the requested window lies inside the full output
+            y = F.conv_transpose2d(x, weight.flip(-1, -2), stride=up, groups=c)
+            return y[..., start : start + out_h, start : start + out_w][..., ::down, ::down]
+        x = x.reshape(*x.shape[:2], h, 1, w, 1)
+        x = F.pad(x, (0, up - 1, 0, 0, 0, up - 1)).reshape(*x.shape[:2], h * up, w * up)
+    if pad[0] == pad[1]:
+        return F.conv2d(x, weight, stride=down, padding=pad[0], groups=c)
+    return F.conv2d(F.pad(x, (pad[0], pad[1], pad[0], pad[1])), weight, stride=down, groups=c)
+
+
+def _depthwise(kernel: torch.Tensor, channels: int, like: torch.Tensor) -> torch.Tensor:
+    """The flipped ``kernel`` as a contiguous depthwise weight ``(channels, 1, n, n)`` (contiguous weights take
+    the fast convolution path on CPU)."""
+    weight = kernel.flip(0, 1).to(dtype=like.dtype, device=like.device)
+    return weight[None, None].expand(channels, 1, *kernel.shape).contiguous()
 
 
 def fir_upsample_2d(x: torch.Tensor, kernel: torch.Tensor, factor: int = 2) -> torch.Tensor:
@@ -280,7 +295,8 @@ class GaussianFourierProjection(nn.Module):
         self.register_buffer("W", torch.randn(embedding_size) * scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        proj = x.float()[:, None] * self.W.float()[None, :] * (2.0 * math.pi)
+        # In the dtype of ``x`` (float64 stays float64); the product order is score_sde's, ``x W 2 pi``.
+        proj = x[:, None] * self.W.to(x.dtype)[None, :] * 2 * math.pi
         return torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
 
 
@@ -288,12 +304,13 @@ def sinusoidal_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 
     """DDPM's sinusoidal embedding of (possibly fractional) timesteps, shape ``(batch, dim)``.
 
     Frequencies ``exp(-log(max_period) * k / (dim / 2 - 1))``; sines first, then cosines; an odd ``dim``
-    gets a zero last column.
+    gets a zero last column. Computed in the dtype of ``timesteps`` when it is floating point (float32 otherwise).
     """
     half = dim // 2
     denom = max(half - 1, 1)
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / denom)
-    args = timesteps.float()[:, None] * freqs[None, :]
+    dtype = timesteps.dtype if timesteps.is_floating_point() else torch.float32
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=dtype, device=timesteps.device) / denom)
+    args = timesteps.to(dtype)[:, None] * freqs[None, :]
     emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
     if dim % 2:
         emb = F.pad(emb, (0, 1))
@@ -322,14 +339,15 @@ class ResnetBlockBigGAN(nn.Module):
         skip_rescale: bool = True,
         init_scale: float = 0.0,
         max_groups: int = 32,
+        min_group_channels: int = 4,
     ) -> None:
         super().__init__()
         out_ch = out_ch or in_ch
         self.up, self.down, self.fir, self.skip_rescale = up, down, fir, skip_rescale
-        self.norm_0 = group_norm(in_ch, max_groups)
+        self.norm_0 = group_norm(in_ch, max_groups, min_group_channels)
         self.conv_0 = conv3x3(in_ch, out_ch)
         self.temb_proj = linear(temb_dim, out_ch) if temb_dim is not None else None
-        self.norm_1 = group_norm(out_ch, max_groups)
+        self.norm_1 = group_norm(out_ch, max_groups, min_group_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv_1 = conv3x3(out_ch, out_ch, init_scale=init_scale)
         self.shortcut = conv1x1(in_ch, out_ch) if (in_ch != out_ch or up or down) else None
@@ -367,14 +385,15 @@ class ResnetBlockDDPM(nn.Module):
         skip_rescale: bool = True,
         init_scale: float = 0.0,
         max_groups: int = 32,
+        min_group_channels: int = 4,
     ) -> None:
         super().__init__()
         out_ch = out_ch or in_ch
         self.skip_rescale = skip_rescale
-        self.norm_0 = group_norm(in_ch, max_groups)
+        self.norm_0 = group_norm(in_ch, max_groups, min_group_channels)
         self.conv_0 = conv3x3(in_ch, out_ch)
         self.temb_proj = linear(temb_dim, out_ch) if temb_dim is not None else None
-        self.norm_1 = group_norm(out_ch, max_groups)
+        self.norm_1 = group_norm(out_ch, max_groups, min_group_channels)
         self.dropout = nn.Dropout(dropout)
         self.conv_1 = conv3x3(out_ch, out_ch, init_scale=init_scale)
         self.shortcut = conv1x1(in_ch, out_ch) if in_ch != out_ch else None
@@ -396,11 +415,16 @@ class AttentionBlock(nn.Module):
     """
 
     def __init__(
-        self, channels: int, skip_rescale: bool = True, init_scale: float = 0.0, max_groups: int = 32
+        self,
+        channels: int,
+        skip_rescale: bool = True,
+        init_scale: float = 0.0,
+        max_groups: int = 32,
+        min_group_channels: int = 4,
     ) -> None:
         super().__init__()
         self.skip_rescale = skip_rescale
-        self.norm = group_norm(channels, max_groups)
+        self.norm = group_norm(channels, max_groups, min_group_channels)
         self.to_q = conv1x1(channels, channels)
         self.to_k = conv1x1(channels, channels)
         self.to_v = conv1x1(channels, channels)

@@ -24,7 +24,18 @@ any number of image channels in the progressive skip paths and any channel count
 GroupNorm shrink for small widths).
 
 The network sees the data as given (score_sde's VE models rescaled ``[0, 1]`` data to ``[-1, 1]`` inside
-the network; here that choice belongs to the data pipeline).
+the network; here that choice belongs to the data pipeline, and :mod:`sde_diffusers.convert` folds it into the
+SDE and ``sigma_embedding_scale`` when it converts such a checkpoint).
+
+Besides the paper's defaults, the options below express every released score_sde network exactly (see
+:func:`sde_diffusers.convert_score_sde_checkpoint`): NCSN++ trained on the discrete SMLD chain
+(``embedding_type="positional"``: the timestep is the noise-level index counted from ``sigma_max``, the output
+is divided by the model's own table of noise levels), DDPM++ trained on the discrete DDPM chain
+(``time_input="discrete_index"``) and the original DDPM network (``resblock_type="ddpm"``, ``skip_rescale=False``,
+``norm_channels_per_group=1`` for its fixed 32 GroupNorm groups).
+
+Every computation runs in the dtype of the model and its input (a float64 model is float64 end to end); only
+half-precision inputs get their time embedding computed in float32 first, as Diffusers does.
 """
 
 from __future__ import annotations
@@ -40,6 +51,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.unets.unet_2d import UNet2DOutput
 from torch import nn
 
+from ..sde import VESDE
+from ..validation import check_bool, check_choice, check_int, check_number, check_positive
 from .layers import (
     AttentionBlock,
     Combine,
@@ -61,36 +74,42 @@ _RESBLOCK_TYPES = ("biggan", "ddpm")
 _PROGRESSIVE = ("none", "output_skip", "residual")
 _PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 _COMBINE = ("sum", "cat")
+_EMBEDDINGS = ("fourier", "positional")
+_DDPMPP_TIME_INPUTS = ("index", "discrete_index")
 
 
 def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    return check_int(name, value, minimum=1)
 
 
 def _choice(name: str, value: object, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str) or value.lower() not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value.lower()
+    if not isinstance(value, str):
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}")
+    return check_choice(name, value.lower(), choices)
 
 
-def prepare_timestep(timestep: torch.Tensor | float, batch: int, device: torch.device) -> torch.Tensor:
-    """A float32 tensor of shape ``(batch,)`` from a scalar, a 0-d/1-element tensor or a ``(batch,)`` tensor.
+def embedding_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype time embeddings are computed in for inputs of ``dtype``: float64 stays float64, float32 stays
+    float32, half precision gets float32 (Fourier features of ``16 * 2 pi log sigma`` need more than 11 bits)."""
+    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else torch.float32
 
-    Integer tensors (as ``DDPMPipeline`` passes) are cast to float. Raises ``TypeError``/``ValueError``
+
+def prepare_timestep(
+    timestep: torch.Tensor | float, batch: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """A ``dtype`` tensor of shape ``(batch,)`` from a scalar, a 0-d/1-element tensor or a ``(batch,)`` tensor.
+
+    Integer tensors (as ``DDPMPipeline`` passes) are cast to ``dtype``. Raises ``TypeError``/``ValueError``
     for anything else.
     """
     if isinstance(timestep, bool) or not isinstance(timestep, (torch.Tensor, Number)):
         raise TypeError(f"timestep must be a torch.Tensor or a number, got {type(timestep).__name__}")
     t = torch.as_tensor(timestep, device=device)
-    if not t.is_floating_point():
-        t = t.to(torch.float32)
     if t.dim() == 0 or (t.dim() == 1 and t.shape[0] == 1):
-        return t.reshape(1).expand(batch).float()
+        return t.reshape(1).expand(batch).to(dtype)
     if t.dim() != 1 or t.shape[0] != batch:
         raise ValueError(f"timestep must be a scalar or have shape ({batch},), got shape {tuple(t.shape)}")
-    return t.float()
+    return t.to(dtype)
 
 
 class _DownLevel(nn.Module):
@@ -123,9 +142,9 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
 
     #: What the network output means, for :func:`~sde_diffusers.parameterization.make_score_fn`.
     prediction_type: str = "score"
-    #: The timestep the network expects (see :func:`~sde_diffusers.parameterization.model_time`).
+    #: The timestep the network expects (see :func:`~sde_diffusers.parameterization.model_time`); the class
+    #: default, which an instance overrides when its config says otherwise.
     time_input: str = "sigma"
-    _embedding: str = "fourier"
     _scale_by_sigma: bool = True
     main_input_name = "sample"
 
@@ -153,6 +172,12 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
         fourier_scale: float,
         norm_num_groups: int,
         num_class_embeds: int | None,
+        embedding_type: str,
+        sigma_embedding_scale: float = 1.0,
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        num_train_timesteps: int = 1000,
+        norm_channels_per_group: int = 4,
     ) -> None:
         # ---- validation: every error names the argument, before any module is built ----
         sample_size = _positive_int("sample_size", sample_size)
@@ -164,8 +189,15 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
         ch_mult = [_positive_int("channel_mult entries", m) for m in channel_mult]
         num_res_blocks = _positive_int("num_res_blocks", num_res_blocks)
         norm_num_groups = _positive_int("norm_num_groups", norm_num_groups)
+        group_channels = _positive_int("norm_channels_per_group", norm_channels_per_group)
         if not isinstance(dropout, Number) or not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        embedding = _choice("embedding_type", embedding_type, _EMBEDDINGS)
+        sigma_embedding_scale = check_positive("sigma_embedding_scale", sigma_embedding_scale)
+        check_bool("skip_rescale", skip_rescale)
+        check_bool("resamp_with_conv", resamp_with_conv)
+        check_bool("fir", fir)
+        check_number("init_scale", init_scale, 0.0)
         resblock_type = _choice("resblock_type", resblock_type, _RESBLOCK_TYPES)
         progressive = _choice("progressive", progressive, _PROGRESSIVE)
         progressive_input = _choice("progressive_input", progressive_input, _PROGRESSIVE_INPUT)
@@ -194,7 +226,20 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
             )
         # GroupNorm must divide every width used, checked once with a message naming the culprit.
         for width in {nf * m for m in ch_mult} | ({2 * nf * m for m in ch_mult} if combine_method == "cat" else set()):
-            num_groups_for(width, norm_num_groups)
+            num_groups_for(width, norm_num_groups, group_channels)
+        if embedding == "positional" and self._scale_by_sigma:
+            # Discrete SMLD: the timestep indexes noise levels counted from sigma_max; the output is divided by
+            # that level (score_sde's `sigmas[labels]`). The table comes from the one VE formula in sde.py.
+            sde = VESDE(
+                sigma_min=check_positive("sigma_min", sigma_min),
+                sigma_max=check_positive("sigma_max", sigma_max),
+                N=_positive_int("num_train_timesteps", num_train_timesteps),
+            )
+            table = sde.discrete_sigmas(dtype=torch.float64).flip(0).to(torch.get_default_dtype())
+            self.register_buffer("sigmas", table, persistent=False)
+            self.time_input = "reversed_index"
+        else:
+            self.sigmas = None
 
         self._resolutions = resolutions
         self._attn_res = attn_res
@@ -204,10 +249,12 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
         self._skip_rescale = skip_rescale
         self._biggan = resblock_type == "biggan"
         self._nf = nf
+        self._embedding = embedding
+        self._sigma_embedding_scale = sigma_embedding_scale
         temb_dim = 4 * nf
 
         # ---- time (and class) embedding ----
-        if self._embedding == "fourier":
+        if embedding == "fourier":
             self.fourier_proj = GaussianFourierProjection(embedding_size=nf, scale=float(fourier_scale))
             embed_in = 2 * nf
         else:
@@ -225,13 +272,20 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
                 skip_rescale=skip_rescale,
                 init_scale=init_scale,
                 max_groups=norm_num_groups,
+                min_group_channels=group_channels,
             )
             if resblock_type == "biggan":
                 return ResnetBlockBigGAN(in_ch, out_ch, up=up, down=down, fir=fir, fir_kernel=fir_kernel, **common)
             return ResnetBlockDDPM(in_ch, out_ch, **common)
 
         def attention(ch: int) -> nn.Module:
-            return AttentionBlock(ch, skip_rescale=skip_rescale, init_scale=init_scale, max_groups=norm_num_groups)
+            return AttentionBlock(
+                ch,
+                skip_rescale=skip_rescale,
+                init_scale=init_scale,
+                max_groups=norm_num_groups,
+                min_group_channels=group_channels,
+            )
 
         # ---- encoder ----
         self.conv_in = conv3x3(in_channels, nf)
@@ -281,7 +335,7 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
                 block.attention = attention(in_ch)
             if progressive != "none":
                 if level == num_levels - 1:
-                    block.pyramid_norm = group_norm(in_ch, norm_num_groups)
+                    block.pyramid_norm = group_norm(in_ch, norm_num_groups, group_channels)
                     if progressive == "output_skip":
                         block.pyramid_conv = conv3x3(in_ch, out_channels, init_scale=init_scale)
                         pyramid_ch = out_channels
@@ -290,7 +344,7 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
                         pyramid_ch = in_ch
                 elif progressive == "output_skip":
                     block.pyramid_up = Upsample(pyramid_ch, with_conv=False, fir=fir, fir_kernel=fir_kernel)
-                    block.pyramid_norm = group_norm(in_ch, norm_num_groups)
+                    block.pyramid_norm = group_norm(in_ch, norm_num_groups, group_channels)
                     block.pyramid_conv = conv3x3(in_ch, out_channels, init_scale=init_scale)
                 else:
                     block.pyramid_up = Upsample(pyramid_ch, in_ch, with_conv=True, fir=fir, fir_kernel=fir_kernel)
@@ -307,7 +361,7 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
         if progressive == "output_skip":
             self.norm_out, self.conv_out = None, None
         else:
-            self.norm_out = group_norm(in_ch, norm_num_groups)
+            self.norm_out = group_norm(in_ch, norm_num_groups, group_channels)
             self.conv_out = conv3x3(in_ch, out_channels, init_scale=init_scale)
 
     # ---- forward -------------------------------------------------------------------------------------
@@ -326,7 +380,9 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
 
     def _embed(self, t: torch.Tensor, class_labels: torch.Tensor | None, batch: int) -> torch.Tensor:
         if self.fourier_proj is not None:
-            emb = self.fourier_proj(torch.log(t))
+            # A scale of 1 is skipped so that the embedding is bit-for-bit score_sde's.
+            sigma = t if self._sigma_embedding_scale == 1.0 else t * self._sigma_embedding_scale
+            emb = self.fourier_proj(torch.log(sigma))
         else:
             emb = sinusoidal_embedding(t, self._nf)
         first = self.time_mlp[0]
@@ -373,7 +429,7 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
         """
         self._check_sample(sample)
         batch = sample.shape[0]
-        t = prepare_timestep(timestep, batch, sample.device)
+        t = prepare_timestep(timestep, batch, sample.device, embedding_dtype(sample.dtype))
         temb = self._embed(t, class_labels, batch).to(sample.dtype)
 
         # encoder
@@ -424,7 +480,8 @@ class _ScoreUNet(ModelMixin, ConfigMixin):
             h = self.conv_out(F.silu(self.norm_out(h)))
         if self._scale_by_sigma:
             # NCSN++ learns sigma * score (unit scale at every noise level); dividing gives the score.
-            h = h / t.to(h.dtype).view(-1, 1, 1, 1)
+            sigma = t if self.sigmas is None else self.sigmas[t.long()]
+            h = h / sigma.to(h.dtype).view(-1, 1, 1, 1)
         if not return_dict:
             return (h,)
         return UNet2DOutput(sample=h)
@@ -478,11 +535,21 @@ class NCSNppModel(_ScoreUNet):
         norm_num_groups (`int`, defaults to 32): most GroupNorm groups (groups = ``min(ch // 4, this)``).
         num_class_embeds (`int`, *optional*): number of classes for a label embedding added to the time
             embedding (class-conditional model); ``None`` for unconditional.
+        embedding_type (`str`, defaults to ``"fourier"``): ``"fourier"`` (the timestep is ``sigma``, continuous
+            training) or ``"positional"`` (score_sde's discrete SMLD models: the timestep is the index of the noise
+            level counted from ``sigma_max``, ``time_input = "reversed_index"``, and the output is divided by
+            that level of the model's table ``sigmas``).
+        sigma_embedding_scale (`float`, defaults to 1.0): the Fourier embedding sees ``log(sigma * this)``. A
+            converted score_sde model that centred its ``[0, 1]`` input itself works on ``[-1, 1]`` data with
+            doubled noise levels, and gets 0.5 here so that its embedding sees the levels it was trained on.
+        sigma_min (`float`, defaults to 0.01), sigma_max (`float`, defaults to 50.0), num_train_timesteps (`int`,
+            defaults to 1000): the noise-level table of ``embedding_type="positional"`` (unused otherwise).
+        norm_channels_per_group (`int`, defaults to 4): GroupNorm uses ``min(ch // this, norm_num_groups)``
+            groups; 1 gives the original DDPM network's fixed 32 groups.
     """
 
     prediction_type = "score"
     time_input = "sigma"
-    _embedding = "fourier"
     _scale_by_sigma = True
 
     @register_to_config
@@ -509,6 +576,12 @@ class NCSNppModel(_ScoreUNet):
         fourier_scale: float = 16.0,
         norm_num_groups: int = 32,
         num_class_embeds: int | None = None,
+        embedding_type: str = "fourier",
+        sigma_embedding_scale: float = 1.0,
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        num_train_timesteps: int = 1000,
+        norm_channels_per_group: int = 4,
     ) -> None:
         super().__init__()
         self._build(**{k: v for k, v in locals().items() if k not in ("self", "__class__")})
@@ -547,11 +620,15 @@ class DDPMppModel(_ScoreUNet):
         norm_num_groups (`int`, defaults to 32): most GroupNorm groups (groups = ``min(ch // 4, this)``).
         num_class_embeds (`int`, *optional*): number of classes for a label embedding added to the time
             embedding (class-conditional model); ``None`` for unconditional.
+        time_input (`str`, defaults to ``"index"``): ``"index"`` (trained on the continuous SDE: score
+            ``= -epsilon / std(t)``) or ``"discrete_index"`` (trained on the discrete DDPM chain: the std is
+            ``sqrt(1 - alphas_cumprod[floor(t (N - 1))])``). The timestep is ``t (N - 1)`` either way.
+        norm_channels_per_group (`int`, defaults to 4): GroupNorm uses ``min(ch // this, norm_num_groups)``
+            groups; 1 gives the original DDPM network's fixed 32 groups.
     """
 
     prediction_type = "epsilon"
     time_input = "index"
-    _embedding = "positional"
     _scale_by_sigma = False
 
     @register_to_config
@@ -577,6 +654,12 @@ class DDPMppModel(_ScoreUNet):
         init_scale: float = 0.0,
         norm_num_groups: int = 32,
         num_class_embeds: int | None = None,
+        time_input: str = "index",
+        norm_channels_per_group: int = 4,
     ) -> None:
         super().__init__()
-        self._build(fourier_scale=0.0, **{k: v for k, v in locals().items() if k not in ("self", "__class__")})
+        # The network is the same for both time inputs; they differ in the marginal that turns epsilon into a
+        # score (continuous SDE, or the discrete chain's alphas_cumprod), which make_score_fn reads from here.
+        self.time_input = check_choice("time_input", time_input, _DDPMPP_TIME_INPUTS)
+        kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__", "time_input")}
+        self._build(fourier_scale=0.0, embedding_type="positional", **kwargs)
