@@ -124,7 +124,14 @@ def evaluate(args: argparse.Namespace, checkpoint: Path, config: str, *, fixture
 
     likelihood = None
     if reference is not None and args.bpd_images > 0:
-        likelihood = heldout_bits_per_dim(pipe, reference, num_images=args.bpd_images, batch_size=args.batch_size)
+        likelihood = heldout_bits_per_dim(
+            pipe,
+            reference,
+            num_images=args.bpd_images,
+            batch_size=args.batch_size,
+            rtol=args.bpd_tolerance,
+            atol=args.bpd_tolerance,
+        )
         print(
             f"  bits/dim of {likelihood['num_images']} held-out images: {likelihood['bits_per_dim']:.3f} "
             f"± {likelihood['bits_per_dim_stderr']:.3f} (NFE {likelihood['nfe']:.0f}, {likelihood['seconds']:.1f} s)"
@@ -171,6 +178,9 @@ def main() -> None:
     parser.add_argument("--reference-root", default=None, help="CIFAR-10 folder (train/ and test/ class folders)")
     parser.add_argument("--reference-images", type=int, default=10000, help="reference images for the statistics")
     parser.add_argument("--bpd-images", type=int, default=None, help="held-out images for bits/dim (default 1000)")
+    parser.add_argument(
+        "--bpd-tolerance", type=float, default=None, help="RK45 rtol = atol (default the paper's 1e-5)"
+    )
     parser.add_argument("--allow-small-sample", action="store_true", help="FID with fewer samples than features")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -193,6 +203,7 @@ def main() -> None:
         args.reference = args.reference or "digits"
         args.reference_images = min(args.reference_images, 256)
         args.bpd_images = 4 if args.bpd_images is None else args.bpd_images
+        args.bpd_tolerance = args.bpd_tolerance or 1e-2
         runs = [
             (FIXTURES / name / "checkpoint_1.pth", str(FIXTURES / name / "config.json"))
             for name in sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
@@ -209,6 +220,7 @@ def main() -> None:
         args.num_samples = args.num_samples or 10000
         args.batch_size = args.batch_size or 500
         args.bpd_images = 1000 if args.bpd_images is None else args.bpd_images
+        args.bpd_tolerance = args.bpd_tolerance or 1e-5
         runs = [(Path(args.checkpoint), args.config)]
 
     results = []
