@@ -77,11 +77,7 @@ def test_network_output_equals_the_official_one(name, converted):
     assert _rel(out, expected) < 1e-5
 
 
-# The discrete VE fixture's "reversed_index" time input is added to parameterization.py by engineer "core".
-CONTINUOUS = [name for name in FIXTURES if name != "ve_cifar10_ncsnpp"]
-
-
-@pytest.mark.parametrize("name", CONTINUOUS)
+@pytest.mark.parametrize("name", FIXTURES)
 def test_score_equals_the_official_get_score_fn(name, converted):
     _, _, ref = _fixture(name)
     pipe = converted[name]
@@ -177,7 +173,7 @@ def test_raw_weights_only_when_asked(name, converted):
 
 
 def test_float64_runs_in_float64_end_to_end(converted):
-    for name in ("ve_cifar10_ncsnpp_continuous", "vp_cifar10_ddpmpp_continuous"):
+    for name in ("ve_cifar10_ncsnpp_continuous", "vp_cifar10_ddpmpp_continuous", "ve_cifar10_ncsnpp"):
         _, _, ref = _fixture(name)
         pipe = converted[name]
         unet64 = type(pipe.unet).from_config(pipe.unet.config).double().eval()
@@ -420,3 +416,24 @@ def test_the_table_and_its_refusals():
     assert plan_score_sde_conversion("vp/cifar10_ddpm").name == "vp/ddpm/cifar10"
     assert plan_score_sde_conversion("configs/ve/ffhq_1024_ncsnpp_continuous.py").name == "ve/ffhq_ncsnpp_continuous"
     assert all(isinstance(reason, str) and reason for reason in UNSUPPORTED_CONFIGS.values())
+
+
+def test_converted_pipelines_sample_with_the_networks_own_time_input(converted):
+    """The scheduler hands each network its own timestep: noise-level indices for discrete SMLD, sigma otherwise."""
+    for name in ("ve_cifar10_ncsnpp", "ve_cifar10_ncsnpp_continuous", "subvp_cifar10_ddpm_continuous"):
+        pipe = converted[name]
+        seen = []
+        handle = pipe.unet.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[1].reshape(-1)))
+        try:
+            out = pipe(
+                batch_size=2, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="pt"
+            )
+        finally:
+            handle.remove()
+        assert out.images.shape == (2, 3, 16, 16) and torch.isfinite(out.images).all()
+        steps = torch.cat(seen)
+        if pipe.unet.time_input == "reversed_index":
+            assert torch.equal(steps, steps.round()) and steps.min() >= 0 and steps.max() <= 999
+            assert steps[0] == 0  # the first level is sigma_max
+        elif pipe.unet.time_input == "sigma":
+            assert steps.max() == pytest.approx(pipe.scheduler.sde.sigma_max)

@@ -335,3 +335,25 @@ def test_forward_wiring_is_the_official_one(name, overrides):
         ours = model(x, sigma * 2.0).sample * 2.0  # [0, 1] models: doubled sigma, score halved
         official = official_forward(model, config, x, sigma)
     torch.testing.assert_close(ours, official, rtol=1e-10, atol=1e-12)
+
+
+def test_discrete_vp_score_uses_the_ddpm_chain():
+    """vp/cifar10_ddpmpp (continuous = False): score = -eps(x, t (N - 1)) / sqrt(1 - alphas_cumprod[floor(t (N - 1))]),
+    as the official get_score_fn(continuous=False), with sde_lib's betas linspace(beta_min / N, beta_max / N, N)."""
+    from sde_diffusers.parameterization import make_score_fn
+
+    config = _shrink(SCORE_SDE_CONFIGS["vp/cifar10_ddpmpp"], 8)
+    pipe = convert_score_sde_checkpoint(_random_checkpoint(config, torch.Generator().manual_seed(1)), config)
+    unet, sde = pipe.unet, pipe.scheduler.sde
+    assert unet.time_input == pipe.scheduler.config.time_input == "discrete_index"
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    t = torch.tensor([1e-3, 0.3337, 1.0], dtype=torch.float64)
+    unet = unet.double()
+    with torch.no_grad():
+        score = make_score_fn(unet, sde, unet.prediction_type, unet.time_input)(x, t)
+        eps = unet(x, t * 999).sample
+    betas = torch.linspace(0.1 / 1000, 20.0 / 1000, 1000, dtype=torch.float64)
+    std = torch.sqrt(1 - torch.cumprod(1 - betas, dim=0))[(t * 999).long()]
+    torch.testing.assert_close(score, -eps / std.view(-1, 1, 1, 1), rtol=1e-9, atol=0)
+    continuous_std = sde.marginal_coeffs(t)[1]
+    assert not torch.allclose(std, continuous_std, rtol=1e-4), "the test tells the two marginals apart"

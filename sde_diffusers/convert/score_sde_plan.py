@@ -297,7 +297,13 @@ def plan_score_sde_conversion(config: str | os.PathLike | Mapping[str, Any]) -> 
                 fourier_scale=_get(cfg, "model", "fourier_scale", float), sigma_embedding_scale=1.0 / factor
             )
         scheduler_name = "VESDEScheduler"
-        scheduler_config = dict(num_train_timesteps=n, sigma_min=factor * sigma_min, sigma_max=factor * sigma_max)
+        # The scheduler hands the network its own time input (sigma, or the reversed level of discrete SMLD).
+        scheduler_config = dict(
+            num_train_timesteps=n,
+            sigma_min=factor * sigma_min,
+            sigma_max=factor * sigma_max,
+            time_input="sigma" if fourier else "reversed_index",
+        )
         if pc is None:
             scheduler_name = "ProbabilityFlowScheduler"
             scheduler_config.update(sde_type="ve", sampling_eps=_SAMPLING_EPS[sde_type])
@@ -324,7 +330,9 @@ def plan_score_sde_conversion(config: str | os.PathLike | Mapping[str, Any]) -> 
         model_class = DDPMppModel
         model_config = dict(arch, time_input=time_input)
         scheduler_name = {"vp": "VPSDEScheduler", "subvp": "SubVPSDEScheduler"}[sde_type]
-        scheduler_config = dict(num_train_timesteps=n, beta_start=beta_min / n, beta_end=beta_max / n)
+        scheduler_config = dict(
+            num_train_timesteps=n, beta_start=beta_min / n, beta_end=beta_max / n, time_input=time_input
+        )
         if pc is None:
             scheduler_name = "ProbabilityFlowScheduler"
             scheduler_config.update(sde_type=sde_type, sampling_eps=_SAMPLING_EPS[sde_type])
