@@ -41,6 +41,7 @@ from sde_diffusers import (
     VESDEScheduler,
     VPSDEScheduler,
 )
+from sde_diffusers.evaluation.sampling import draw_samples
 from sde_diffusers.hub_utils import push_pipeline_to_hub
 
 SIZE = 8
@@ -405,3 +406,11 @@ def test_a_scheduler_without_step_and_no_equivalent_is_refused_before_any_work()
     with pytest.raises(ValueError, match="no `step`"):
         pipe(num_inference_steps=2)
     assert not calls
+
+
+@pytest.mark.parametrize("sampler, budget", [("pc", {"nfe": 200}), ("ode_adaptive", {"tolerance": 1e-4})])
+def test_evaluation_samplers_keep_the_repo_range(folders, sampler, budget):
+    """`sde_diffusers.evaluation.draw_samples` on the NCSN++ layout returns [0, 1] images of the data's statistics."""
+    pipe = load(ScoreSdePipeline, folders["ncsnpp"], unet=gaussian_oracle("ncsnpp"))
+    out = draw_samples(pipe, sampler, 32, batch_size=32, seed=0, **budget)
+    assert_gaussian_images(out.images, std_rtol=0.15)

@@ -486,7 +486,11 @@ def _build_runner(info: SamplerInfo, pipe: Any, sde: SDE, kind: str, steps: int 
     from ..sampling.ode import sample_probability_flow, sample_probability_flow_fixed
 
     view = SchedulerSDE(pipe.scheduler, pipe.unet)
-    to_unit = ScoreSdePipeline.to_unit_range
+    data_range = view.data_range  # [0, 1] for Diffusers' score-SDE VE repos, [-1, 1] otherwise
+
+    def to_unit(x: torch.Tensor) -> torch.Tensor:
+        return ScoreSdePipeline.to_unit_range(x, data_range=data_range)
+
     options = dict(info.options)
 
     def run_function(shape, generator, labels, device, dtype):
