@@ -182,10 +182,12 @@ class SamplingPipelineBase(SDEDiffusionPipeline):
         callback_on_step_end: object,
         callback_on_step_end_tensor_inputs: object,
     ) -> None:
-        """Validate the arguments of the sampling loop that every pipeline takes (before any work starts)."""
+        """Validate the arguments of the sampling loop that every pipeline takes (before any work starts), and that
+        the scheduler can drive the loop."""
         check_int("num_inference_steps", num_inference_steps)
         check_output_type(output_type)
         check_callback_inputs(callback_on_step_end, callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
+        self.sampling_scheduler  # noqa: B018 - raises for a scheduler without `step` or an equivalent of ours
 
     # ---- the one sampling loop -----------------------------------------------------------------------
     def _network(self, x: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
