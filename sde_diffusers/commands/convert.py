@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--config",
         required=True,
         metavar="NAME_OR_JSON",
-        help="released config name, e.g. ve/cifar10_ncsnpp_continuous (--list-configs shows them), or a JSON file "
-        "with the official sections model, data, training, sampling",
+        help="released config name, e.g. ve/cifar10_ncsnpp_continuous (an unknown name lists them all), or a JSON "
+        "file with the official sections model, data, training, sampling",
     )
     parser.add_argument("--output-dir", required=True, help="folder to write the pipeline to (created if missing)")
     parser.add_argument(
