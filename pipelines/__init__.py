@@ -3,7 +3,14 @@
 Unconditional, class-conditional, inpainting, colorization and Soft Diffusion.
 """
 
-from .pipeline_score_sde import SAMPLERS, ScoreSdePipeline, ScoreSdePipelineBase, ScoreSdePipelineOutput
+from .conditioning import ClassifierGuidance, Conditioning, ScoreTerm
+from .pipeline_score_sde import (
+    SAMPLERS,
+    SamplingPipelineBase,
+    ScoreSdePipeline,
+    ScoreSdePipelineBase,
+    ScoreSdePipelineOutput,
+)
 from .pipeline_score_sde_colorization import ScoreSdeColorizationPipeline, decoupled_colour_basis
 from .pipeline_score_sde_inpaint import ScoreSdeInpaintPipeline
 from .pipeline_score_sde_inverse import INVERSE_METHODS, LinearObservation, ScoreSdeInverseProblemPipeline
@@ -16,6 +23,10 @@ from .pipeline_utils import SDEDiffusionPipeline
 
 __all__ = [
     "SDEDiffusionPipeline",
+    "SamplingPipelineBase",
+    "Conditioning",
+    "ScoreTerm",
+    "ClassifierGuidance",
     "ScoreSdePipeline",
     "ScoreSdeInpaintPipeline",
     "ScoreSdeColorizationPipeline",
