@@ -282,6 +282,22 @@ def _quantize(x: torch.Tensor, lo: float, hi: float, num_levels: int) -> torch.T
     return k_round.clamp(0, levels)
 
 
+def _draw(
+    fn: Callable,
+    shape: tuple[int, ...],
+    generator: torch.Generator | list | None,
+    x: torch.Tensor,
+    dim: int = 0,
+    **kwargs,
+) -> torch.Tensor:
+    """``fn(shape)`` on ``x``'s device; a list of generators draws each sample's slice (along ``dim``) with its own."""
+    if not isinstance(generator, list):
+        device = generator.device if generator is not None else x.device
+        return fn(shape, generator=generator, device=device, **kwargs).to(x.device)
+    one = (*shape[:dim], 1, *shape[dim + 1 :])
+    return torch.cat([fn(one, generator=g, device=g.device, **kwargs).to(x.device) for g in generator], dim=dim)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Public API
 # ---------------------------------------------------------------------------------------------------------
@@ -304,7 +320,7 @@ def log_likelihood(
     data_range: tuple[float, float] = (-1.0, 1.0),
     num_levels: int = 256,
     offset_bits: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | list[torch.Generator] | None = None,
     scheduler_config: Mapping | object | None = None,
     prediction_type: str | None = None,
     time_input: str = "auto",
@@ -337,7 +353,8 @@ def log_likelihood(
             scikit-learn's digits).
         offset_bits (`float`, optional): added to the bits per dimension; defaults to
             ``log2(num_levels / (hi - lo))`` (see :func:`dequantization_offset_bits`); ``0`` gives continuous bits.
-        generator (`torch.Generator`, optional): for probes and dequantization noise.
+        generator (`torch.Generator` or a list of them, optional): for probes and dequantization noise; a list
+            (one per sample) makes each sample's result independent of its batch.
         scheduler_config, prediction_type, time_input, model_kwargs: how to call a network, see
             :func:`resolve_score_fn`.
         exact_chunk_size (`int`, defaults to 64): dimensions per batched VJP for ``trace="exact"``.
@@ -390,7 +407,8 @@ def log_likelihood(
 
     # ---- solve ------------------------------------------------------------------------------------------
     shape, b, d = x.shape, x.shape[0], x[0].numel()
-    gen_device = generator.device if generator is not None else x.device
+    if isinstance(generator, list) and len(generator) != x.shape[0]:
+        raise ValueError(f"a list of generators needs one per sample ({x.shape[0]}), got {len(generator)}")
     nfe = 0
     prior_sum = torch.zeros(b, dtype=x.dtype, device=x.device)
     delta_sum = torch.zeros_like(prior_sum)
@@ -404,16 +422,16 @@ def log_likelihood(
         for _ in range(num_dequant):
             data = x
             if levels is not None:
-                u = torch.rand(shape, generator=generator, device=gen_device, dtype=x.dtype).to(x.device)
+                u = _draw(torch.rand, shape, generator, x, dtype=x.dtype)
                 data = lo + (hi - lo) * (levels + u) / num_levels
             draw = probes
             if draw is None and trace != "exact":
                 pshape = (num_probes, *shape)
                 if trace == "rademacher":
-                    draw = torch.randint(0, 2, pshape, generator=generator, device=gen_device).to(x.dtype) * 2 - 1
+                    draw = _draw(lambda *a, **k: torch.randint(0, 2, *a, **k), pshape, generator, x, 1)
+                    draw = draw.to(x.dtype) * 2 - 1
                 else:
-                    draw = torch.randn(pshape, generator=generator, device=gen_device, dtype=x.dtype)
-                draw = draw.to(x.device)
+                    draw = _draw(torch.randn, pshape, generator, x, 1, dtype=x.dtype)
             func = _augmented_fn(score_fn, sde, shape, draw, exact_chunk_size)
             y0 = torch.cat([data.reshape(b, d), torch.zeros(b, 1, dtype=x.dtype, device=x.device)], dim=1)
             sol = odeint(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -186,7 +187,7 @@ def test_plain_diffusers_pipeline_folder(tmp_path):
     assert report["sde"] == "vp" and report["nfe"] == 4 and math.isfinite(report["metrics"]["fid"])
 
 
-def test_image_folder_reference(model_dirs, tmp_path):
+def test_image_folder_reference(model_dirs, tmp_path, capsys):
     from PIL import Image
 
     from sde_diffusers.evaluation import load_builtin
@@ -209,8 +210,8 @@ def test_image_folder_reference(model_dirs, tmp_path):
         "0",
         *FAST,
     ]
-    with pytest.raises(ValueError, match="--feature-extractor"):
-        main(["evaluate", model_dirs["ve"], *args])
+    assert main(["evaluate", model_dirs["ve"], *args]) == 2
+    assert "--feature-extractor" in capsys.readouterr().err
     out = tmp_path / "r.json"
     assert main(["evaluate", model_dirs["ve"], *args, "--feature-extractor", "digits", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["reference"]["num_images"] == 100
@@ -231,12 +232,18 @@ def _args(model_dir, *extra):
     return ["evaluate", str(model_dir), "--data", "digits", "--num-samples", str(N), *FAST, *extra]
 
 
-def test_missing_model_dir(tmp_path, no_sampling):
-    with pytest.raises(FileNotFoundError, match="is not a folder"):
-        main(_args(tmp_path / "nope", "--sampler", "pc"))
+def _refused(argv, pattern, capsys):
+    """The command line ends with status 2 and one line, ``error: ...``, matching ``pattern``."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert re.search(pattern, err), err
+
+
+def test_missing_model_dir(tmp_path, no_sampling, capsys):
+    _refused(_args(tmp_path / "nope", "--sampler", "pc"), "is not a folder", capsys)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="model_index.json"):
-        main(_args(tmp_path / "empty", "--sampler", "pc"))
+    _refused(_args(tmp_path / "empty", "--sampler", "pc"), "model_index.json", capsys)
 
 
 def test_unknown_sampler(model_dirs, capsys, no_sampling):
@@ -247,45 +254,52 @@ def test_unknown_sampler(model_dirs, capsys, no_sampling):
     assert "invalid choice: 'heun2000'" in err and "ode_heun" in err
 
 
-def test_sampler_not_for_this_sde(model_dirs, no_sampling):
-    with pytest.raises(ValueError, match="'ddim' applies to vp models, but this model's SDE is ve"):
-        main(_args(model_dirs["ve"], "--sampler", "ddim"))
+def test_sampler_not_for_this_sde(model_dirs, no_sampling, capsys):
+    _refused(
+        _args(model_dirs["ve"], "--sampler", "ddim"), "'ddim' applies to vp models, but this model's SDE is ve", capsys
+    )
 
 
-def test_wrong_budget_kind(model_dirs, no_sampling):
-    with pytest.raises(ValueError, match="adaptive: set its cost with tolerance"):
-        main(_args(model_dirs["ve"], "--sampler", "ode_adaptive", "--nfe", "10"))
-    with pytest.raises(ValueError, match="fixed step count: set its cost with nfe"):
-        main(_args(model_dirs["ve"], "--sampler", "pc", "--tolerance", "0.01"))
-    with pytest.raises(ValueError, match=r"nfe for sampler 'pc' must be an integer >= 2, got 1"):
-        main(_args(model_dirs["ve"], "--sampler", "pc", "--nfe", "1"))
+def test_wrong_budget_kind(model_dirs, no_sampling, capsys):
+    _refused(
+        _args(model_dirs["ve"], "--sampler", "ode_adaptive", "--nfe", "10"),
+        "adaptive: set its cost with tolerance",
+        capsys,
+    )
+    _refused(
+        _args(model_dirs["ve"], "--sampler", "pc", "--tolerance", "0.01"),
+        "fixed step count: set its cost with nfe",
+        capsys,
+    )
+    _refused(
+        _args(model_dirs["ve"], "--sampler", "pc", "--nfe", "1"),
+        r"nfe for sampler 'pc' must be an integer >= 2, got 1",
+        capsys,
+    )
 
 
-def test_too_few_samples_for_fid(model_dirs, no_sampling):
+def test_too_few_samples_for_fid(model_dirs, no_sampling, capsys):
     # the Fréchet distance's own refusal (64-dimensional digits features need more than 64 samples)
-    with pytest.raises(ValueError, match="too small for a FID.*covariance needs more samples than feature dim"):
-        main(
-            [
-                "evaluate",
-                model_dirs["ve"],
-                "--data",
-                "digits",
-                "--sampler",
-                "pc",
-                "--num-samples",
-                "40",
-                *FAST,
-            ]
-        )
+    argv = ["evaluate", model_dirs["ve"], "--data", "digits", "--sampler", "pc", "--num-samples", "40", *FAST]
+    _refused(argv, "too small for a FID.*covariance needs more samples than feature dim", capsys)
 
 
-def test_bad_numbers(model_dirs, no_sampling):
-    with pytest.raises(ValueError, match="--batch-size must be >= 1"):
-        main(_args(model_dirs["ve"], "--sampler", "pc", "--batch-size", "0"))
-    with pytest.raises(ValueError, match="--bpd-images 1000 exceeds the 360 reference images"):
-        main(_args(model_dirs["ve"], "--sampler", "pc", "--bpd-images", "1000"))
-    with pytest.raises(ValueError, match="split for 'digits' must be 'train' or 'test'"):
-        main(_args(model_dirs["ve"], "--sampler", "pc", "--split", "validation"))
+def test_bad_numbers(model_dirs, no_sampling, capsys):
+    _refused(
+        _args(model_dirs["ve"], "--sampler", "pc", "--batch-size", "0"),
+        "`--batch-size` must be an integer >= 1",
+        capsys,
+    )
+    _refused(
+        _args(model_dirs["ve"], "--sampler", "pc", "--bpd-images", "1000"),
+        "--bpd-images 1000 exceeds the 360 reference images",
+        capsys,
+    )
+    _refused(
+        _args(model_dirs["ve"], "--sampler", "pc", "--split", "validation"),
+        "split for 'digits' must be 'train' or 'test'",
+        capsys,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -356,7 +356,7 @@ def _tiny_ddpm_pipeline(folder):
     return folder
 
 
-def test_cli_on_a_saved_ddpm_pipeline(tmp_path, capsys):
+def test_cli_on_a_saved_ddpm_pipeline(tmp_path, capsys, monkeypatch):
     import json
 
     from PIL import Image
@@ -400,6 +400,7 @@ def test_cli_on_a_saved_ddpm_pipeline(tmp_path, capsys):
     assert json.loads((tmp_path / "f.json").read_text())["offset_bits"] == 7
 
     Image.fromarray(np.zeros((16, 16), dtype=np.uint8)).save(images / "big.png")
+    monkeypatch.setenv("SDE_DIFFUSERS_TRACEBACK", "1")  # the errors themselves, not their one-line form
     with pytest.raises(ValueError, match="different sizes"):
         main(["likelihood", str(model_dir), "--data", str(images), *fast])
     with pytest.raises(FileNotFoundError, match="digits"):

@@ -675,7 +675,7 @@ def test_a_scheduler_without_an_sde_is_refused_only_when_conditioning_needs_one(
 # ---------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------
-def test_cli_sample_inpaint_colorize(tmp_path, capsys):
+def test_cli_sample_inpaint_colorize(tmp_path, capsys, monkeypatch):
     grey_model = tmp_path / "grey"
     make_pipeline(ScoreSdePipeline, "vp-pc").save_pretrained(grey_model)
     colour_model = tmp_path / "colour"
@@ -704,6 +704,7 @@ def test_cli_sample_inpaint_colorize(tmp_path, capsys):
         "sample_0001.png",
         "sample_0002.png",
         "sample_grid.png",
+        "sample_run.json",
     ]
     assert (
         cli_main(
@@ -769,6 +770,7 @@ def test_cli_sample_inpaint_colorize(tmp_path, capsys):
             np.asarray(PIL.Image.open(tmp_path / "s" / name)),
             np.asarray(PIL.Image.open(tmp_path / "s1" / name)),
         )
+    monkeypatch.setenv("SDE_DIFFUSERS_TRACEBACK", "1")  # the errors themselves, not their one-line form
     with pytest.raises(SystemExit, match="MODEL_DIR"):
         cli_main(["sample", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="scheduler class"):
@@ -794,7 +796,7 @@ def test_cli_sample_inpaint_colorize(tmp_path, capsys):
         )
         == 0
     )
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["ode_0000.png", "ode_0001.png"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["ode_0000.png", "ode_0001.png", "ode_run.json"]
     with pytest.raises(SystemExit, match="guidance"):  # a pipeline's ValueError, as a message
         cli_main(
             [

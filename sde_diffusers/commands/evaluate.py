@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from ._shared import Progress, add_run_arguments, check_threads, check_writable_file
+
 NAME = "evaluate"
 HELP = "Sample quality (domain FID, KID, precision/recall) and bits/dim of a saved score model."
 
@@ -69,8 +71,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="tolerance of adaptive samplers (ode_adaptive, adaptive_sde)",
     )
-    parser.add_argument("--batch-size", type=int, default=256, help="images per sampling batch (default: 256)")
-    parser.add_argument("--seed", type=int, default=0, help="base seed (batch b uses seed + b)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=256,
+        help="images per sampling batch: a block of consecutive sample indices (default: 256)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="base seed >= 0: sample i draws its noise from a generator seeded with (seed, i) (default: 0)",
+    )
+    parser.add_argument(
+        "--samples-dir",
+        default=None,
+        metavar="DIR",
+        help="keep finished sample blocks in DIR (.npz) and resume from them: a killed run started again with "
+        "the same arguments continues where it stopped",
+    )
     parser.add_argument(
         "--feature-extractor",
         default="auto",
@@ -100,16 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bpd-batch-size", type=int, default=64)
     parser.add_argument("--bpd-rtol", type=float, default=1e-5, help="ODE rtol for bits/dim (default 1e-5)")
     parser.add_argument("--bpd-atol", type=float, default=1e-5, help="ODE atol for bits/dim (default 1e-5)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for torch (default: torch's; 1 is fastest on a busy shared machine)",
-    )
     parser.add_argument("--save-grid", default=None, metavar="PNG", help="also save a grid of the first 64 samples")
     parser.add_argument("--out", default=None, metavar="JSON", help="report path (default: MODEL_DIR/evaluation.json)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    add_run_arguments(parser, shards="sample")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -159,21 +171,17 @@ def load_pipeline(model_dir: str | os.PathLike, device: torch.device | str | Non
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    positive = ("num_samples", "batch_size", "kid_subsets", "pr_k", "bpd_batch_size")
-    for name in positive:
-        value = getattr(args, name)
-        if value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.threads is not None and args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    if args.bpd_images < 0:
-        raise ValueError(f"--bpd-images must be >= 0, got {args.bpd_images}")
-    if args.num_reference is not None and args.num_reference < 2:
-        raise ValueError(f"--num-reference must be >= 2, got {args.num_reference}")
+    from sde_diffusers.validation import check_int, check_positive
+
+    for name in ("num_samples", "batch_size", "kid_subsets", "pr_k", "bpd_batch_size"):
+        check_int(f"--{name.replace('_', '-')}", getattr(args, name))
+    check_int("--seed", args.seed, minimum=0)
+    check_int("--bpd-images", args.bpd_images, minimum=0)
+    if args.num_reference is not None:
+        check_int("--num-reference", args.num_reference, minimum=2)
     for name in ("bpd_rtol", "bpd_atol"):
-        value = getattr(args, name)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
+        check_positive(f"--{name.replace('_', '-')}", getattr(args, name))
+    check_threads(args)
 
 
 def _model_geometry(pipe: Any) -> tuple[int, int]:
@@ -185,6 +193,11 @@ def _model_geometry(pipe: Any) -> tuple[int, int]:
 # ---------------------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------------------
+def _resumed(report: dict[str, Any]) -> str:
+    resumed = report.get("resumed_samples") or 0
+    return f" ({resumed} read back from {report['samples_dir']})" if resumed else ""
+
+
 def format_table(report: dict[str, Any]) -> str:
     """The report as an aligned two-column text table."""
     m = report["metrics"]
@@ -201,7 +214,8 @@ def format_table(report: dict[str, Any]) -> str:
             f"{report['nfe']:.1f}"
             + (f" (per sample {report['nfe_per_sample']:.1f})" if report["nfe_per_sample"] != report["nfe"] else ""),
         ),
-        ("samples", str(report["num_samples"])),
+        ("samples", str(report["num_samples"]) + _resumed(report)),
+        ("processes", str(report["num_processes"])),
         (
             "reference",
             f"{report['reference']['data']} {report['reference']['split']} "
@@ -235,8 +249,7 @@ def format_table(report: dict[str, Any]) -> str:
 # Running
 # ---------------------------------------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
+    from sde_diffusers.distributed import Processes
     from sde_diffusers.evaluation.extractors import load_feature_extractor
     from sde_diffusers.evaluation.metrics import FeatureStatistics
     from sde_diffusers.evaluation.quality import (
@@ -251,55 +264,89 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     _check_args(args)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    processes = Processes(args.device)
+    device = processes.device
+    main = processes.is_main_process
 
-    # ---- everything that can fail, before any sampling ------------------------------------------------------
-    pipe = load_pipeline(args.model_dir, device)
-    plan = plan_sampling(pipe, args.sampler, nfe=args.nfe, tolerance=args.tolerance)
-    extractor_name = default_extractor(args.data) if args.feature_extractor == "auto" else args.feature_extractor
-    if extractor_name is None:
-        raise ValueError(f"--data {args.data!r} is an image folder: choose its --feature-extractor explicitly")
-    extractor = load_feature_extractor(extractor_name, weights_path=args.extractor_weights, device=device)
-    feature_dim = int(extractor.feature_dim)
+    # ---- everything that can fail, before any sampling (on every process; a failure stops them all) ----------
+    extractor = extractor_name = None
+    with processes.agree():
+        pipe = load_pipeline(args.model_dir, device)
+        plan = plan_sampling(pipe, args.sampler, nfe=args.nfe, tolerance=args.tolerance)
+        extractor_name = default_extractor(args.data) if args.feature_extractor == "auto" else args.feature_extractor
+        if extractor_name is None:
+            raise ValueError(f"--data {args.data!r} is an image folder: choose its --feature-extractor explicitly")
+        if main:  # features and metrics are the main process's work
+            extractor = load_feature_extractor(extractor_name, weights_path=args.extractor_weights, device=device)
+            feature_dim = int(extractor.feature_dim)
+            try:
+                check_fid_sample_size(args.num_samples, feature_dim, args.allow_small_sample)
+            except ValueError as err:
+                raise ValueError(
+                    f"--num-samples {args.num_samples} is too small for a FID in this feature space: {err}"
+                ) from err
+        channels, size = _model_geometry(pipe)
+        reference = load_reference(
+            args.data, split=args.split, resolution=size, channels=channels, root=args.data_root
+        )
+        if args.num_reference is not None:
+            reference.images = reference.images[: args.num_reference]
+            reference.info["num_images"] = len(reference.images)
+        if main:
+            check_fid_sample_size(len(reference.images), feature_dim, args.allow_small_sample)
+        if args.bpd_images > len(reference.images):
+            raise ValueError(f"--bpd-images {args.bpd_images} exceeds the {len(reference.images)} reference images")
+        if main:
+            check_writable_file(args.out or Path(args.model_dir) / "evaluation.json", "--out")
+            if args.save_grid:
+                check_writable_file(args.save_grid, "--save-grid")
+
+    # ---- sampling and bits/dim, shared by the processes ----------------------------------------------------
+    show = main and not args.no_progress
+    bar = Progress(args.num_samples, unit="img", desc=f"sampling ({args.sampler})", enabled=show)
     try:
-        check_fid_sample_size(args.num_samples, feature_dim, args.allow_small_sample)
-    except ValueError as err:
-        raise ValueError(
-            f"--num-samples {args.num_samples} is too small for a FID in this feature space: {err}"
-        ) from err
-    channels, size = _model_geometry(pipe)
-    reference = load_reference(args.data, split=args.split, resolution=size, channels=channels, root=args.data_root)
-    if args.num_reference is not None:
-        reference.images = reference.images[: args.num_reference]
-        reference.info["num_images"] = len(reference.images)
-    check_fid_sample_size(len(reference.images), feature_dim, args.allow_small_sample)
-    if args.bpd_images > len(reference.images):
-        raise ValueError(f"--bpd-images {args.bpd_images} exceeds the {len(reference.images)} reference images")
+        samples = draw_samples(
+            pipe,
+            args.sampler,
+            args.num_samples,
+            nfe=args.nfe,
+            tolerance=args.tolerance,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            on_model_call=bar.model_call,
+            on_samples=bar.update,
+            processes=processes,
+            samples_dir=args.samples_dir,
+            batch_invariant=args.batch_invariant,
+        )
+    finally:
+        bar.close()
+    bpd = None
+    if args.bpd_images > 0:
+        bpd_bar = Progress(args.bpd_images, unit="img", desc="bits/dim", enabled=show)
+        try:
+            bpd = heldout_bits_per_dim(
+                pipe,
+                reference,
+                num_images=args.bpd_images,
+                batch_size=args.bpd_batch_size,
+                rtol=args.bpd_rtol,
+                atol=args.bpd_atol,
+                seed=args.seed,
+                on_batch=lambda done, mean: bpd_bar.update(done - bpd_bar.bar.n, bpd=f"{mean:.4f}"),
+                processes=processes,
+                batch_invariant=args.batch_invariant,
+            )
+        finally:
+            bpd_bar.close()
+    if not main:
+        return 0
 
-    # ---- reference features, sampling, metrics --------------------------------------------------------------
+    # ---- metrics and the report: the main process --------------------------------------------------------
+    t_features = time.perf_counter()
+    # fixed extractor batches in index order: the features do not depend on how the samples were drawn
     real = features_of(reference.unit_range(), extractor)
     real_stats = FeatureStatistics.from_features(real, allow_small_sample=args.allow_small_sample)
-    batches = math.ceil(args.num_samples / args.batch_size)
-    bar = tqdm(
-        total=None if plan.nfe is None else plan.nfe * batches,
-        unit="call",
-        disable=args.no_progress,
-        desc=f"sampling ({args.sampler})",
-    )
-    samples = draw_samples(
-        pipe,
-        args.sampler,
-        args.num_samples,
-        nfe=args.nfe,
-        tolerance=args.tolerance,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        on_model_call=lambda: bar.update(1),
-    )
-    bar.close()
-    t_features = time.perf_counter()
     fake = features_of(samples.images, extractor)
     metrics: dict[str, Any] = sample_quality(
         fake,
@@ -311,25 +358,6 @@ def run(args: argparse.Namespace) -> int:
         allow_small_sample=args.allow_small_sample,
     )
     features_s = time.perf_counter() - t_features
-    bpd = None
-    if args.bpd_images > 0:
-        bpd_bar = tqdm(total=args.bpd_images, unit="img", disable=args.no_progress, desc="bits/dim")
-
-        def on_batch(done: int, mean: float) -> None:
-            bpd_bar.update(done - bpd_bar.n)
-            bpd_bar.set_postfix(bpd=f"{mean:.4f}")
-
-        bpd = heldout_bits_per_dim(
-            pipe,
-            reference,
-            num_images=args.bpd_images,
-            batch_size=args.bpd_batch_size,
-            rtol=args.bpd_rtol,
-            atol=args.bpd_atol,
-            seed=args.seed,
-            on_batch=on_batch,
-        )
-        bpd_bar.close()
     metrics["bits_per_dim"] = bpd["bits_per_dim"] if bpd else None
     metrics["bits_per_dim_stderr"] = bpd["bits_per_dim_stderr"] if bpd else None
 
@@ -358,12 +386,20 @@ def run(args: argparse.Namespace) -> int:
         "num_samples": args.num_samples,
         "batch_size": args.batch_size,
         "seed": args.seed,
+        "seeds": {
+            "base": args.seed,
+            "sample i": "torch.Generator('cpu').manual_seed(sde_diffusers.distributed.item_seed(seed, i))",
+        },
+        "num_processes": processes.num_processes,
+        "batch_invariant": args.batch_invariant,
+        "samples_dir": args.samples_dir,
+        "resumed_samples": samples.resumed_samples,
         "metrics": metrics,
         "sampler_settings": samples.settings,
         "reference": {**reference.info, "description": reference.description},
         "feature_extractor": {
             "name": extractor_name,
-            "feature_dim": feature_dim,
+            "feature_dim": int(extractor.feature_dim),
             "input": "8-bit quantized, resized bilinearly to the extractor's input size (same path for both sets)",
         },
         "bits_per_dim": bpd,
@@ -372,7 +408,8 @@ def run(args: argparse.Namespace) -> int:
             "features_and_metrics_s": features_s,
             "bits_per_dim_s": bpd["seconds"] if bpd else 0.0,
             "total_s": time.perf_counter() - start,
-            "seconds_per_model_call": samples.seconds / max(samples.model_calls, 1),
+            "wall_time_s": time.perf_counter() - start,
+            "seconds_per_model_call": samples.seconds / max(samples.model_calls, 1) if samples.model_calls else None,
         },
         "environment": {
             "device": str(device),
@@ -382,7 +419,7 @@ def run(args: argparse.Namespace) -> int:
             "date": datetime.date.today().isoformat(),
         },
     }
-    report["timing"]["total_s"] = time.perf_counter() - start
+    report["timing"]["total_s"] = report["timing"]["wall_time_s"] = time.perf_counter() - start
     out = Path(args.out) if args.out else Path(args.model_dir) / "evaluation.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

@@ -11,6 +11,11 @@ DATA is ``digits`` or ``mnist`` (shipped, no download), ``cifar10`` (with ``--da
 channels and required to have its resolution. Images are mapped from ``[0, 1]`` to ``--data-range``.
 
 Prints the mean bits/dim with its standard error over images and writes a JSON report (``--output``).
+
+Under ``torchrun`` / ``accelerate launch`` the processes share the blocks of ``--batch-size`` images and the main
+process writes the report; image i's dequantization noise and probes come from a generator seeded with (seed, i),
+so the values are the same for any number of processes. ``--shards-dir`` keeps finished blocks and resumes from
+them after a kill.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ._shared import Progress, add_run_arguments, check_threads, check_writable_file
 
 NAME = "likelihood"
 HELP = "Bits/dim of images under a saved score model, via the probability-flow ODE (Song et al., 2021)."
@@ -86,10 +93,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["epsilon", "v_prediction", "sample", "score"],
         help="override the prediction type read from the scheduler config",
     )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="base seed >= 0: image i's dequantization noise and probes come from (seed, i) (default: 0)",
+    )
     parser.add_argument("--output", default=None, help="JSON report path (default: MODEL_DIR/likelihood.json)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--shards-dir",
+        default=None,
+        metavar="DIR",
+        help="keep finished blocks of images in DIR (.npz) and resume from them after a kill",
+    )
+    add_run_arguments(parser, shards="image")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -191,51 +208,70 @@ def load_images(data: str, split: str, root: str | None, channels: int | None) -
 # ---------------------------------------------------------------------------------------------------------
 # Running
 # ---------------------------------------------------------------------------------------------------------
-def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from sde_diffusers.likelihood import default_prediction_type, log_likelihood, sde_from_scheduler_config
+def _check_args(args: argparse.Namespace) -> None:
+    from sde_diffusers.validation import check_int, check_positive
 
     for name in ("batch_size", "num_dequant", "num_probes"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.num_images is not None and args.num_images < 1:
-        raise ValueError(f"--num-images must be >= 1, got {args.num_images}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        check_int(f"--{name.replace('_', '-')}", getattr(args, name))
+    if args.num_images is not None:
+        check_int("--num-images", args.num_images)
+    if args.num_levels is not None:
+        check_int("--num-levels", args.num_levels, minimum=2)
+    check_int("--seed", args.seed, minimum=0)
+    for name in ("rtol", "atol", "eps"):
+        check_positive(f"--{name}", getattr(args, name))
+    check_threads(args)
 
-    model, scheduler = _load_model_and_scheduler(args.model_dir)
-    config = dict(getattr(scheduler, "config", scheduler) or {})
-    if args.sde is not None:
-        config["sde_type"] = args.sde
-        scheduler = None
-    if not config and args.sde is None:
-        raise ValueError(f"{args.model_dir!r} has no scheduler config: pass --sde ve|vp|subvp")
-    sde = scheduler.sde if hasattr(scheduler, "sde") else sde_from_scheduler_config(config)
-    prediction_type = args.prediction_type or default_prediction_type(model, sde, config)
-    model = model.to(device).eval()
 
-    channels, size = _model_geometry(model)
-    images, levels = load_images(args.data, args.split, args.data_root, channels)
-    if size is not None and tuple(images.shape[-2:]) != (size, size):
-        raise ValueError(f"the images are {tuple(images.shape[-2:])} but the model takes {size}x{size}")
+def run(args: argparse.Namespace) -> int:
+    from sde_diffusers.distributed import Processes
+    from sde_diffusers.evaluation.quality import per_image_bits_per_dim
+    from sde_diffusers.likelihood import default_prediction_type, sde_from_scheduler_config
+
+    _check_args(args)
+    processes = Processes(args.device)
+    device = processes.device
+    main = processes.is_main_process
+    output = Path(args.output) if args.output else Path(args.model_dir) / "likelihood.json"
+
+    # ---- loading and checks: on every process, a failure anywhere stops them all ----------------------------
+    with processes.agree():
+        model, scheduler = _load_model_and_scheduler(args.model_dir)
+        config = dict(getattr(scheduler, "config", scheduler) or {})
+        if args.sde is not None:
+            config["sde_type"] = args.sde
+            scheduler = None
+        if not config and args.sde is None:
+            raise ValueError(f"{args.model_dir!r} has no scheduler config: pass --sde ve|vp|subvp")
+        sde = scheduler.sde if hasattr(scheduler, "sde") else sde_from_scheduler_config(config)
+        prediction_type = args.prediction_type or default_prediction_type(model, sde, config)
+        model = model.to(device).eval()
+        channels, size = _model_geometry(model)
+        images, levels = load_images(args.data, args.split, args.data_root, channels)
+        if size is not None and tuple(images.shape[-2:]) != (size, size):
+            raise ValueError(f"the images are {tuple(images.shape[-2:])} but the model takes {size}x{size}")
+        if main:
+            check_writable_file(output, "--output")
     if args.num_images is not None:
         images = images[: args.num_images]
     lo, hi = args.data_range
     images = lo + (hi - lo) * images
     num_levels = args.num_levels or levels
-    dtype = next((p.dtype for p in model.parameters()), torch.float32)
 
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    bpd, nfe = [], []
-    offset = None
     start = time.perf_counter()
-    bar = tqdm(total=len(images), unit="img", disable=args.no_progress, desc="bits/dim")
-    for i in range(0, len(images), args.batch_size):
-        batch = images[i : i + args.batch_size].to(device=device, dtype=dtype)
-        out = log_likelihood(
+    bar = Progress(len(images), unit="img", desc="bits/dim", enabled=main and not args.no_progress)
+    try:
+        result = per_image_bits_per_dim(
             model,
             sde,
-            batch,
+            images,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            processes=processes,
+            shards_dir=args.shards_dir,
+            settings={"data": args.data, "split": args.split, "sde_config": sde.config},
+            on_images=lambda done, mean: bar.update(done - bar.bar.n, bpd=f"{mean:.4f}"),
+            batch_invariant=args.batch_invariant,
             trace=args.trace,
             num_probes=args.num_probes,
             rtol=args.rtol,
@@ -247,20 +283,17 @@ def run(args: argparse.Namespace) -> int:
             data_range=(lo, hi),
             num_levels=num_levels,
             offset_bits=args.offset_bits,
-            generator=generator,
             prediction_type=prediction_type,
         )
-        offset = out.offset_bits
-        bpd.append(out.bits_per_dim.double().cpu())
-        nfe.append(out.nfe)
-        bar.update(len(batch))
-        values = torch.cat(bpd)
-        bar.set_postfix(bpd=f"{values.mean():.4f}", nfe=out.nfe)
-    bar.close()
+    finally:
+        bar.close()
+    if not main:
+        return 0
     elapsed = time.perf_counter() - start
-    values = torch.cat(bpd)
+    values = result.bits_per_dim
     mean = float(values.mean())
-    stderr = float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    stderr = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    nfe = result.nfe_per_block
     report = {
         "model_dir": os.fspath(args.model_dir),
         "data": args.data,
@@ -268,7 +301,7 @@ def run(args: argparse.Namespace) -> int:
         "num_images": len(values),
         "bits_per_dim": mean,
         "bits_per_dim_stderr": stderr,
-        "offset_bits": offset,
+        "offset_bits": result.offset_bits,
         "sde": type(sde).__name__,
         "sde_config": sde.config,
         "prediction_type": prediction_type,
@@ -284,16 +317,25 @@ def run(args: argparse.Namespace) -> int:
             "data_range": [lo, hi],
             "num_levels": num_levels,
             "batch_size": args.batch_size,
+            "batch_invariant": args.batch_invariant,
             "seed": args.seed,
         },
+        "seeds": {
+            "base": args.seed,
+            "image i": "torch.Generator('cpu').manual_seed(sde_diffusers.distributed.item_seed(seed, i))",
+        },
+        "num_processes": processes.num_processes,
+        "shards_dir": args.shards_dir,
+        "resumed_images": result.resumed_images,
         "nfe_per_batch": nfe,
         "seconds": elapsed,
+        "wall_time_s": elapsed,
         "device": str(device),
         "per_image_bits_per_dim": values.tolist(),
     }
-    output = Path(args.output) if args.output else Path(args.model_dir) / "likelihood.json"
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"{mean:.4f} ± {stderr:.4f} bits/dim ({len(values)} images, mean NFE {np.mean(nfe):.0f}, {elapsed:.1f} s)")
+    mean_nfe = f"mean NFE {np.mean(nfe):.0f}, " if nfe else ""
+    print(f"{mean:.4f} ± {stderr:.4f} bits/dim ({len(values)} images, {mean_nfe}{elapsed:.1f} s)")
     print(f"report: {output}")
     return 0

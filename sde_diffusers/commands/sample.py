@@ -3,6 +3,12 @@
 MODEL_DIR is a pipeline folder or Hub repo id saved by any sde-diffusers pipeline (or a plain Diffusers pipeline
 with a ``unet`` and a ``scheduler``, e.g. a ``DDPMPipeline``). The helpers here are shared by the ``inpaint`` and
 ``colorize`` commands.
+
+``sample`` scales out: under ``torchrun`` / ``accelerate launch`` the processes share the blocks of
+``--batch-size`` images and the main process writes every PNG; image i depends only on (seed, i), so the files are
+the same for any number of processes. PNGs are written atomically as blocks finish, next to ``PREFIX_run.json``
+(the run's settings): the same command started again after a kill draws only the missing images, and a folder
+holding a run with other settings is refused before anything is written.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 NAME = "sample"
@@ -42,7 +49,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, default_prefix: str) -> None:
+def add_common_arguments(
+    parser: argparse.ArgumentParser, default_prefix: str, batch_help: str = "all at once"
+) -> None:
     """Arguments every generating command takes (model, output, sampler, seed, device, classes)."""
     parser.add_argument("model_dir", metavar="MODEL_DIR", help="saved pipeline folder or Hub repo id")
     parser.add_argument("--output-dir", required=True, help="folder for the PNG files (created if missing)")
@@ -52,7 +61,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_prefix: str) -
         "--batch-size",
         type=_positive_int,
         default=None,
-        help="images per pipeline call (default: all at once)",
+        help=f"images per pipeline call (default: {batch_help})",
     )
     parser.add_argument(
         "--steps",
@@ -97,7 +106,12 @@ def add_common_arguments(parser: argparse.ArgumentParser, default_prefix: str) -
         "classifier in the pipeline",
     )
     parser.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale (default: 1)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; image i uses seed + i (default: 0)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed >= 0; image i draws its noise from a generator seeded with (seed, i) (default: 0)",
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--grid", action="store_true", help="also write all images as one grid PNG")
 
@@ -114,7 +128,7 @@ def _scheduler_class(name: str) -> type:
     raise SystemExit(f"error: --scheduler {name!r} is not a scheduler class of sde_diffusers or diffusers")
 
 
-def load_pipeline(args: argparse.Namespace, pipeline_class: type) -> Any:
+def load_pipeline(args: argparse.Namespace, pipeline_class: type, device: str | torch.device | None = None) -> Any:
     """Load MODEL_DIR as ``pipeline_class`` (sharing components), swap the scheduler if asked, move to the device."""
     from diffusers import DiffusionPipeline
 
@@ -139,7 +153,7 @@ def load_pipeline(args: argparse.Namespace, pipeline_class: type) -> Any:
         cls = _scheduler_class(args.scheduler) if args.scheduler else type(scheduler)
         scheduler = cls.from_config(scheduler.config, **dict(args.scheduler_option))
     pipe = pipeline_class(unet=components["unet"], scheduler=scheduler, classifier=components.get("classifier"))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return pipe.to(device)
 
 
@@ -149,10 +163,11 @@ def batches(args: argparse.Namespace) -> list[range]:
     return [range(i, min(i + size, args.num_images)) for i in range(0, args.num_images, size)]
 
 
-def generators(indices: range, seed: int, device: str | torch.device) -> list[torch.Generator]:
-    """One generator per image (seed + index), so image i is the same whatever the batch size."""
-    gen_device = "cpu" if torch.device(device).type == "mps" else device
-    return [torch.Generator(device=gen_device).manual_seed(seed + i) for i in indices]
+def generators(indices: range, seed: int) -> list[torch.Generator]:
+    """One CPU generator per image, seeded with ``item_seed(seed, i)``: image i is the same whatever the batch."""
+    from sde_diffusers.distributed import item_generators
+
+    return item_generators(seed, indices)
 
 
 def labels_for(args: argparse.Namespace, indices: range) -> list[int] | None:
@@ -183,7 +198,7 @@ def generate(pipe: Any, args: argparse.Namespace, *inputs: Any, **kwargs: Any) -
                 *inputs,
                 batch_size=len(indices),
                 num_inference_steps=args.steps,
-                generator=generators(indices, args.seed, pipe.device),
+                generator=generators(indices, args.seed),
                 class_labels=labels_for(args, indices),
                 classifier_scale=args.classifier_scale,
                 **sampler_kwargs(args),
@@ -230,14 +245,129 @@ def check_output_dir(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # The sample command
 # ---------------------------------------------------------------------------------------------------------
+#: Images per block when --batch-size is not given.
+DEFAULT_BATCH = 64
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_common_arguments(parser, default_prefix="sample")
+    from ._shared import add_run_arguments
+
+    add_common_arguments(parser, default_prefix="sample", batch_help=f"all at once, at most {DEFAULT_BATCH}")
+    add_run_arguments(parser, shards="image", device=False)
+
+
+def _settings(args: argparse.Namespace, pipe: Any, batch_size: int) -> dict:
+    """Everything the PNGs depend on: the identity of a resumable run."""
+    from sde_diffusers.distributed import model_fingerprint
+
+    config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
+    return {
+        "model": model_fingerprint(pipe.unet, getattr(pipe, "classifier", None)),
+        "scheduler": type(pipe.scheduler).__name__,
+        "scheduler_config": config,
+        "steps": args.steps,
+        **sampler_kwargs(args),
+        "class_labels": args.class_labels,
+        "classifier_scale": args.classifier_scale,
+        "num_images": args.num_images,
+        "batch_size": batch_size,
+        "batch_invariant": args.batch_invariant,
+        "seed": args.seed,
+        "seeding": "image i: torch.Generator('cpu').manual_seed(sde_diffusers.distributed.item_seed(seed, i))",
+        "device_type": pipe.device.type,
+        "dtype": str(pipe.unet.dtype),
+    }
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    """A uint8 ``(H, W, C)`` image as PNG bytes (the PIL conversion of ``numpy_to_pil``)."""
+    import io
+
+    import PIL.Image
+
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def run(args: argparse.Namespace) -> int:
+    from sde_diffusers.distributed import Processes, ShardStore, atomic_write_bytes, run_blocks, split_blocks
     from sde_diffusers.pipelines import ScoreSdePipeline
+    from sde_diffusers.validation import check_int
 
+    from ._shared import Progress, check_threads
+
+    # ---- input checks, before any work ----------------------------------------------------------------------
     check_output_dir(args)
-    pipe = load_pipeline(args, ScoreSdePipeline)
-    write_images(args, generate(pipe, args))
+    check_int("--seed", args.seed, minimum=0)
+    check_threads(args)
+    sampler_kwargs(args)
+    labels_for(args, range(0))
+    batch_size = args.batch_size or min(args.num_images, DEFAULT_BATCH)
+    processes = Processes(args.device)
+    with processes.agree():
+        pipe = load_pipeline(args, ScoreSdePipeline, device=processes.device)
+    pipe.set_progress_bar_config(disable=True)
+    out = Path(args.output_dir)
+    blocks = split_blocks(args.num_images, batch_size)
+    store = ShardStore(out, _settings(args, pipe, batch_size), name=args.prefix)
+
+    def png(i: int) -> Path:
+        return out / f"{args.prefix}_{i:04d}.png"
+
+    def finished_blocks() -> set[int]:
+        store.check_manifest()
+        return {k for k, block in enumerate(blocks) if all(png(i).is_file() for i in block)}
+
+    done = processes.on_main(finished_blocks)
+
+    # ---- sampling: blocks shared by the processes, PNGs written by the main process ----------------------------
+    def draw(block: range) -> np.ndarray:
+        groups = [range(i, i + 1) for i in block] if args.batch_invariant else [block]
+        images = []
+        for indices in groups:
+            try:
+                result = pipe(
+                    batch_size=len(indices),
+                    num_inference_steps=args.steps,
+                    generator=generators(indices, args.seed),
+                    class_labels=labels_for(args, indices),
+                    classifier_scale=args.classifier_scale,
+                    output_type="np",
+                    **sampler_kwargs(args),
+                )
+            except (ValueError, TypeError) as err:
+                raise SystemExit(f"error: {err}") from err
+            images.append((result.images * 255).round().astype("uint8"))  # numpy_to_pil's rounding
+        return np.concatenate(images)
+
+    bar = Progress(
+        args.num_images, unit="img", desc="sampling", enabled=processes.is_main_process and not args.no_progress
+    )
+    bar.update(sum(len(blocks[k]) for k in done))
+
+    def write(index: int, images: np.ndarray) -> None:
+        for i, image in zip(blocks[index], images, strict=True):
+            atomic_write_bytes(png(i), _png_bytes(image))
+        bar.update(len(images))
+
+    try:
+        run_blocks(processes, blocks, draw, skip=done, on_result=write)
+    finally:
+        bar.close()
+    if not processes.is_main_process:
+        return 0
+    written = args.num_images - sum(len(blocks[k]) for k in done)
+    if args.grid:
+        import PIL.Image
+        from diffusers.utils import make_image_grid
+
+        images = [PIL.Image.open(png(i)) for i in range(args.num_images)]
+        cols = max(1, int(len(images) ** 0.5))
+        while len(images) % cols:
+            cols -= 1
+        grid = make_image_grid(images, rows=len(images) // cols, cols=cols)
+        grid.save(out / f"{args.prefix}_grid.png")
+    again = f" ({args.num_images - written} were there already)" if written < args.num_images else ""
+    print(f"wrote {written} image(s) to {out}" + again + (" (and a grid)" if args.grid else ""))
     return 0

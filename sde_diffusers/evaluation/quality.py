@@ -22,16 +22,21 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.utils import BaseOutput
 
+from ..validation import check_int
 from .classifier import FeatureClassifier
 from .datasets import BUILTIN_DATASETS
 from .extractors import extract_features
 from .metrics import FeatureStatistics, frechet_distance, kernel_distance, precision_recall
+
+if TYPE_CHECKING:
+    from ..distributed import Processes
 
 __all__ = [
     "ReferenceSet",
@@ -41,6 +46,8 @@ __all__ = [
     "check_fid_sample_size",
     "sample_quality",
     "heldout_bits_per_dim",
+    "per_image_bits_per_dim",
+    "BitsPerDimOutput",
     "default_extractor",
     "features_of",
 ]
@@ -248,6 +255,146 @@ def sample_quality(
     }
 
 
+@dataclass
+class BitsPerDimOutput(BaseOutput):
+    """Result of :func:`per_image_bits_per_dim`.
+
+    Args:
+        bits_per_dim (`np.ndarray` of shape `(num_images,)`): each image's bits/dim, in index order.
+        nfe_per_block (`list[int]`): network evaluations of each block computed now (in block order).
+        offset_bits (`float`): the dequantization offset included in ``bits_per_dim``.
+        seconds (`float`): wall time.
+        num_processes (`int`): processes that shared the work.
+        resumed_images (`int`): images whose values were read back from ``shards_dir``.
+    """
+
+    bits_per_dim: np.ndarray
+    nfe_per_block: list
+    offset_bits: float
+    seconds: float
+    num_processes: int = 1
+    resumed_images: int = 0
+
+
+def per_image_bits_per_dim(
+    model: torch.nn.Module,
+    sde: Any,
+    images: torch.Tensor,
+    *,
+    batch_size: int = 64,
+    seed: int = 0,
+    processes: Processes | None = None,
+    shards_dir: str | os.PathLike | None = None,
+    settings: dict | None = None,
+    on_images: Callable[[int, float], None] | None = None,
+    batch_invariant: bool = False,
+    **likelihood_kwargs: Any,
+) -> BitsPerDimOutput:
+    """Bits/dim of every image through the probability-flow ODE, split across the processes of the run.
+
+    Image ``i`` takes its dequantization noise and trace probes from its own generator (seeded with
+    :func:`~sde_diffusers.distributed.item_seed` ``(seed, i)``) and the ODE controls each image's step size on its
+    own, so the values do not depend on the number of processes; images go in fixed blocks of ``batch_size``
+    (see :mod:`sde_diffusers.distributed`).
+
+    Args:
+        model, sde: the network and its forward SDE (see :func:`sde_diffusers.likelihood.log_likelihood`).
+        images (`torch.Tensor` of shape `(N, C, H, W)`): the data, in the model's data range.
+        batch_size (`int`, defaults to 64): images per block (one ODE solve).
+        seed (`int`, defaults to 0): base seed (``>= 0``).
+        processes ([`~sde_diffusers.distributed.Processes`], *optional*): default: from the launcher's environment.
+        shards_dir (`str`, *optional*): keep finished blocks there and resume from them.
+        settings (`dict`, *optional*): the run's identity for ``shards_dir`` (with the data's); the model's
+            fingerprint, the images' hash, ``batch_size``, ``seed`` and ``likelihood_kwargs`` are added.
+        on_images (`Callable[[int, float], None]`, *optional*): ``on_images(images_done, running_mean_bpd)`` on the
+            main process after each round (and first for images read back).
+        batch_invariant (`bool`, defaults to `False`): solve every image on its own (slower), so the values are
+            bit-identical for any ``batch_size``.
+        **likelihood_kwargs: passed to :func:`~sde_diffusers.likelihood.log_likelihood` (``trace``, ``rtol``,
+            ``dequantize``, ``data_range``, ``num_levels``, ``prediction_type``...).
+
+    Returns:
+        :class:`BitsPerDimOutput`, the same on every process.
+    """
+    import hashlib
+
+    from ..distributed import (
+        Processes,
+        ShardStore,
+        item_generators,
+        model_fingerprint,
+        run_blocks,
+        split_blocks,
+    )
+    from ..likelihood import dequantization_offset_bits, log_likelihood
+
+    batch_size = check_int("batch_size", batch_size)
+    seed = check_int("seed", seed, minimum=0)
+    if not isinstance(images, torch.Tensor) or images.dim() < 2 or len(images) == 0:
+        raise ValueError("images must be a non-empty tensor of shape (N, C, H, W)")
+    device = next((p.device for p in model.parameters()), images.device)
+    dtype = next((p.dtype for p in model.parameters()), torch.float32)
+    processes = processes if processes is not None else Processes(device)
+    blocks = split_blocks(len(images), batch_size)
+    store = None
+    if shards_dir is not None:
+        identity = {
+            **(settings or {}),
+            "model": model_fingerprint(model),
+            "images": hashlib.sha256(images.detach().cpu().float().contiguous().numpy().tobytes()).hexdigest(),
+            "num_images": len(images),
+            "batch_size": batch_size,
+            "seed": seed,
+            "likelihood": {k: v for k, v in likelihood_kwargs.items() if k != "generator"},
+            "batch_invariant": batch_invariant,
+            "device_type": torch.device(device).type,
+        }
+        store = ShardStore(shards_dir, identity, name="bpd")
+    done = processes.on_main(lambda: store.open(blocks)) if store is not None else set()
+
+    def solve(block: range) -> dict[str, np.ndarray]:
+        values, nfe = [], 0
+        for part in [range(i, i + 1) for i in block] if batch_invariant else [block]:
+            batch = images[part.start : part.stop].to(device=device, dtype=dtype)
+            out = log_likelihood(model, sde, batch, generator=item_generators(seed, part), **likelihood_kwargs)
+            values.append(out.bits_per_dim.double().cpu().numpy())
+            nfe += out.nfe
+        return {"bits_per_dim": np.concatenate(values), "nfe": np.asarray(nfe, dtype=np.int64)}
+
+    values: dict[int, np.ndarray] = {}
+
+    def finished(index: int, result: dict[str, np.ndarray]) -> None:
+        if store is not None:
+            store.write(blocks[index], result)
+        values[index] = result["bits_per_dim"]
+        if on_images is not None:
+            seen = np.concatenate(list(values.values()))
+            on_images(len(seen), float(seen.mean()))
+
+    start = time.perf_counter()
+    resumed = {k: store.read(blocks[k]) for k in sorted(done)} if store is not None else {}
+    if processes.is_main_process and resumed:
+        for k, result in resumed.items():
+            values[k] = result["bits_per_dim"]
+        if on_images is not None:
+            seen = np.concatenate(list(values.values()))
+            on_images(len(seen), float(seen.mean()))
+    computed = run_blocks(processes, blocks, solve, skip=done, on_result=finished)
+    results = {**resumed, **computed}
+    data_range = likelihood_kwargs.get("data_range", (-1.0, 1.0))
+    offset = likelihood_kwargs.get("offset_bits")
+    if offset is None:
+        offset = dequantization_offset_bits(tuple(data_range), likelihood_kwargs.get("num_levels", 256))
+    return BitsPerDimOutput(
+        bits_per_dim=np.concatenate([results[k]["bits_per_dim"] for k in range(len(blocks))]),
+        nfe_per_block=[int(computed[k]["nfe"]) for k in sorted(computed)],
+        offset_bits=float(offset),
+        seconds=time.perf_counter() - start,
+        num_processes=processes.num_processes,
+        resumed_images=sum(len(blocks[k]) for k in done),
+    )
+
+
 def heldout_bits_per_dim(
     pipe: Any,
     reference: ReferenceSet,
@@ -258,11 +405,15 @@ def heldout_bits_per_dim(
     atol: float = 1e-5,
     seed: int = 0,
     on_batch: Callable[[int, float], None] | None = None,
+    processes: Processes | None = None,
+    batch_invariant: bool = False,
 ) -> dict[str, Any]:
     """Bits/dim of the first ``num_images`` reference images under the pipeline's model (probability-flow ODE).
 
     Uniform dequantization on ``reference.num_levels`` levels, a Rademacher Hutchinson trace estimate, RK45 with
     the given tolerances from ``t = 1e-5`` (Song et al., 2021). Images are mapped to the network's ``[-1, 1]``.
+    Split across the processes of the run like :func:`per_image_bits_per_dim` (image ``i``'s noise comes from
+    ``(seed, i)``).
 
     Args:
         pipe: a score pipeline (its scheduler gives the SDE and the parameterisation).
@@ -271,58 +422,54 @@ def heldout_bits_per_dim(
         batch_size (`int`, defaults to 64): images per ODE solve.
         rtol, atol (`float`, defaults to 1e-5): solver tolerances.
         seed (`int`, defaults to 0): seed of the dequantization noise and probes.
-        on_batch (`Callable`, *optional*): ``on_batch(images_done, running_mean_bpd)`` after each batch.
+        on_batch (`Callable`, *optional*): ``on_batch(images_done, running_mean_bpd)`` after each round.
+        processes ([`~sde_diffusers.distributed.Processes`], *optional*): default: from the launcher's environment.
+        batch_invariant (`bool`, defaults to `False`): solve every image on its own (bit-identical for any
+            ``batch_size``).
 
     Returns:
         `dict` with ``bits_per_dim``, ``bits_per_dim_stderr``, ``num_images``, ``nfe`` (mean per batch),
-        ``offset_bits``, ``seconds`` and the settings.
+        ``offset_bits``, ``seconds``, ``num_processes``, ``per_image_bits_per_dim`` and the settings.
     """
-    from ..likelihood import log_likelihood
     from ..scheduler_sde import SchedulerSDE
 
-    for name, value in (("num_images", num_images), ("batch_size", batch_size)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    num_images = check_int("num_images", num_images)
+    batch_size = check_int("batch_size", batch_size)
     if num_images > len(reference.images):
         raise ValueError(f"num_images={num_images} exceeds the {len(reference.images)} reference images")
     view = SchedulerSDE(pipe.scheduler, pipe.unet)
-    device, dtype = pipe.unet.device, pipe.unet.dtype
     levels = reference.num_levels - 1
     # 8-bit renderings of coarser data (digits: round(255 k / 16)) back onto their own grid k / (num_levels - 1)
     images = (reference.unit_range()[:num_images] * levels).round() / levels * 2.0 - 1.0
-    generator = torch.Generator(device=device).manual_seed(seed)
-    values, nfes, offset = [], [], None
-    start = time.perf_counter()
-    for first in range(0, num_images, batch_size):
-        batch = images[first : first + batch_size].to(device=device, dtype=dtype)
-        out = log_likelihood(
-            pipe.unet,
-            view.sde,
-            batch,
-            prediction_type=view.prediction_type,
-            time_input=view.time_input,
-            rtol=rtol,
-            atol=atol,
-            dequantize=True,
-            data_range=(-1.0, 1.0),
-            num_levels=reference.num_levels,
-            generator=generator,
-        )
-        values.append(out.bits_per_dim.double().cpu())
-        nfes.append(out.nfe)
-        offset = out.offset_bits
-        if on_batch is not None:
-            on_batch(first + len(batch), float(torch.cat(values).mean()))
-    bpd = torch.cat(values)
-    stderr = float(bpd.std() / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
+    out = per_image_bits_per_dim(
+        pipe.unet,
+        view.sde,
+        images,
+        batch_size=batch_size,
+        seed=seed,
+        processes=processes,
+        on_images=on_batch,
+        batch_invariant=batch_invariant,
+        prediction_type=view.prediction_type,
+        time_input=view.time_input,
+        rtol=rtol,
+        atol=atol,
+        dequantize=True,
+        data_range=(-1.0, 1.0),
+        num_levels=reference.num_levels,
+    )
+    bpd = out.bits_per_dim
+    stderr = float(bpd.std(ddof=1) / math.sqrt(len(bpd))) if len(bpd) > 1 else float("nan")
     return {
         "bits_per_dim": float(bpd.mean()),
         "bits_per_dim_stderr": stderr,
         "num_images": len(bpd),
-        "nfe": float(np.mean(nfes)),
-        "offset_bits": offset,
+        "nfe": float(np.mean(out.nfe_per_block)) if out.nfe_per_block else float("nan"),
+        "offset_bits": out.offset_bits,
         "num_levels": reference.num_levels,
-        "seconds": time.perf_counter() - start,
+        "seconds": out.seconds,
+        "num_processes": out.num_processes,
+        "per_image_bits_per_dim": bpd.tolist(),
         "settings": {
             "trace": "rademacher",
             "method": "dopri5",
@@ -331,6 +478,8 @@ def heldout_bits_per_dim(
             "eps": 1e-5,
             "dequantize": True,
             "batch_size": batch_size,
+            "batch_invariant": batch_invariant,
             "seed": seed,
+            "seeding": "image i: torch.Generator('cpu').manual_seed(item_seed(seed, i))",
         },
     }

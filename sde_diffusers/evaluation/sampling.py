@@ -24,22 +24,32 @@ Typical use::
 
     from sde_diffusers.evaluation.sampling import draw_samples
 
-    out = draw_samples(pipe, "ode_heun", num_samples=500, nfe=50, seed=0)
+    out = draw_samples(pipe, "ode_heun", num_samples=500, nfe=50, seed=0, batch_size=100)
     out.images  # (500, C, H, W) in [0, 1], on the CPU
+
+Under ``torchrun`` / ``accelerate launch`` the same call splits the blocks of ``batch_size`` samples across the
+processes and returns the same result on each; ``samples_dir=`` makes it resumable (see
+:mod:`sde_diffusers.distributed`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
 from ..scheduler_sde import SchedulerSDE
 from ..sde import SDE, VESDE, VPSDE, SubVPSDE
+from ..validation import check_bool, check_int
+
+if TYPE_CHECKING:
+    from ..distributed import Processes
 
 __all__ = [
     "SDE_TYPES",
@@ -51,6 +61,7 @@ __all__ = [
     "available_samplers",
     "draw_samples",
     "get_sampler",
+    "sampling_settings",
     "pipeline_sde",
     "sde_type",
 ]
@@ -121,7 +132,9 @@ def _pc(name: str, description: str, predictor: str, corrector: str, nfe_per_ste
         "pc",
         nfe_per_step=nfe_per_step,
         default_nfe=1000 * nfe_per_step,
-        options={"predictor": predictor, "corrector": corrector, "n_corrector_steps": 1},
+        # per-sample Langevin step sizes: no sample depends on the others in its batch
+        options={"predictor": predictor, "corrector": corrector, "n_corrector_steps": 1}
+        | ({"langevin_per_sample": True} if corrector == "langevin" else {}),
     )
 
 
@@ -247,16 +260,20 @@ class SamplingOutput(BaseOutput):
     """Result of :func:`draw_samples`.
 
     Args:
-        images (`torch.Tensor` of shape `(num_samples, channels, height, width)`): float32 CPU images in ``[0, 1]``.
+        images (`torch.Tensor` of shape `(num_samples, channels, height, width)`): float32 CPU images in ``[0, 1]``
+            on the 8-bit grid (what a PNG holds and what the metrics see), in index order.
         nfe (`float`): network evaluations per image: the batched model calls of its batch, averaged over images
             (adaptive solvers evaluate a batch until its slowest sample finishes).
         nfe_per_sample (`float`): mean evaluations each image needed on its own (differs from ``nfe`` only for
             adaptive samplers).
-        model_calls (`int`): batched network calls counted on the model itself (all batches).
-        nfe_per_batch (`list[int]`): batched network calls reported by the sampler for each batch.
+        model_calls (`int`): batched network calls counted on the model itself (all batches, all processes; blocks
+            read back from ``samples_dir`` count nothing).
+        nfe_per_batch (`list[int]`): batched network calls reported by the sampler for each batch computed now.
         steps (`int`, *optional*): grid steps of a fixed-step sampler.
         seconds (`float`): wall time of the sampling.
         settings (`dict`): the sampler, its options and the budget, for reports.
+        num_processes (`int`): processes that shared the work.
+        resumed_samples (`int`): samples read back from ``samples_dir`` instead of drawn.
     """
 
     images: torch.Tensor
@@ -267,12 +284,8 @@ class SamplingOutput(BaseOutput):
     steps: int | None = None
     seconds: float = 0.0
     settings: dict = field(default_factory=dict)
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    num_processes: int = 1
+    resumed_samples: int = 0
 
 
 def _scheduler_for(info: SamplerInfo, pipe: Any, kind: str) -> Any:
@@ -369,6 +382,29 @@ def plan_sampling(pipe: Any, sampler: str, *, nfe: int | None = None, tolerance:
     return SamplingPlan(sampler, kind, steps=steps, nfe=info.nfe_for_steps(steps))
 
 
+def sampling_settings(pipe: Any, plan: SamplingPlan, *, num_samples: int, batch_size: int, seed: int) -> dict:
+    """Everything the samples of :func:`draw_samples` depend on (the identity of a resumable run)."""
+    from ..distributed import model_fingerprint
+
+    info = get_sampler(plan.sampler)
+    config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
+    return {
+        "sampler": plan.sampler,
+        "options": dict(info.options),
+        "steps": plan.steps,
+        "tolerance": plan.tolerance,
+        "scheduler": type(pipe.scheduler).__name__,
+        "scheduler_config": config,
+        "model": model_fingerprint(pipe.unet),
+        "num_samples": num_samples,
+        "batch_size": batch_size,
+        "seed": seed,
+        "seeding": "sample i: torch.Generator('cpu').manual_seed(item_seed(seed, i))",
+        "device_type": pipe.unet.device.type,
+        "dtype": str(pipe.unet.dtype),
+    }
+
+
 def draw_samples(
     pipe: Any,
     sampler: str,
@@ -379,13 +415,22 @@ def draw_samples(
     batch_size: int | None = None,
     seed: int = 0,
     on_model_call: Callable[[], None] | None = None,
+    on_samples: Callable[[int], None] | None = None,
+    processes: Processes | None = None,
+    samples_dir: str | os.PathLike | None = None,
+    batch_invariant: bool = False,
 ) -> SamplingOutput:
-    """Draw ``num_samples`` images with a named sampler.
+    """Draw ``num_samples`` images with a named sampler, split across the processes of the run.
 
-    Batch ``b`` (of ``batch_size`` images) uses a ``torch.Generator`` seeded with ``seed + b`` on the model's
-    device, for the prior draw and every noise draw, so results are reproducible given ``seed`` and
-    ``batch_size``. All samplers draw the same prior noise for the same seed (the pipeline and the SDE draw it the
-    same way), so they are compared on common random numbers. A label-conditional UNet gets balanced labels.
+    Sample ``i`` takes all its randomness (prior draw and every noise draw) from its own CPU generator seeded with
+    :func:`~sde_diffusers.distributed.item_seed` ``(seed, i)``, and samples are drawn in fixed blocks of
+    ``batch_size`` consecutive indices. So the result does not depend on the number of processes (under
+    ``torchrun`` / ``accelerate launch`` each process draws its share of the blocks; see
+    :mod:`sde_diffusers.distributed`), nor on a kill and resume through ``samples_dir``; another ``batch_size``
+    changes only the floating-point rounding of batched network calls (``batch_invariant=True`` removes that too).
+    The PC samplers use per-sample Langevin step sizes, so no sample depends on its batch. All samplers draw the
+    same prior noise for the same seed, so they are compared on common random numbers. A label-conditional UNet
+    gets balanced labels (``i mod num_classes``).
 
     Args:
         pipe ([`ScoreSdePipeline`]): the model and its scheduler (the scheduler fixes the SDE and the
@@ -394,21 +439,31 @@ def draw_samples(
         num_samples (`int`): images to draw.
         nfe (`int`, *optional*): NFE budget per image for fixed-step samplers (default: the sampler's).
         tolerance (`float`, *optional*): tolerance of adaptive samplers (default: the sampler's).
-        batch_size (`int`, *optional*): images per batch (default: all at once).
-        seed (`int`, defaults to 0): base seed.
-        on_model_call (`Callable`, *optional*): called after every batched network call (for progress bars).
+        batch_size (`int`, *optional*): images per block (default: all at once).
+        seed (`int`, defaults to 0): base seed (``>= 0``).
+        on_model_call (`Callable`, *optional*): called after every batched network call of this process.
+        on_samples (`Callable[[int], None]`, *optional*): called on the main process with the number of samples
+            finished (by all processes) after each round of blocks, and first with those read back (progress bars).
+        processes ([`~sde_diffusers.distributed.Processes`], *optional*): the run's processes (default: formed from
+            the launcher's environment; one without a launcher).
+        samples_dir (`str`, *optional*): keep finished blocks there (uint8 ``.npz`` shards and a manifest) and
+            resume from them; a folder holding a run with other settings is refused before any work.
+        batch_invariant (`bool`, defaults to `False`): draw every sample as a batch of one (slower), so the result
+            is bit-identical for any ``batch_size``.
 
     Returns:
-        :class:`SamplingOutput`.
+        :class:`SamplingOutput`, the same on every process.
 
     Raises:
         ValueError: unknown sampler, a sampler that does not apply to the model's SDE, a budget of the wrong kind,
-            or bad sizes; all before any network call.
+            bad sizes, or a ``samples_dir`` holding another run; all before any network call.
     """
-    num_samples = _check_positive_int("num_samples", num_samples)
-    batch_size = num_samples if batch_size is None else _check_positive_int("batch_size", batch_size)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
+    from ..distributed import Processes, ShardStore, item_generators, run_blocks, split_blocks
+
+    num_samples = check_int("num_samples", num_samples)
+    batch_size = num_samples if batch_size is None else check_int("batch_size", batch_size)
+    seed = check_int("seed", seed, minimum=0)
+    batch_invariant = check_bool("batch_invariant", batch_invariant)
     plan = plan_sampling(pipe, sampler, nfe=nfe, tolerance=tolerance)
     info, steps, tolerance = get_sampler(sampler), plan.steps, plan.tolerance
     sde = pipeline_sde(pipe)
@@ -416,6 +471,13 @@ def draw_samples(
     device = pipe.unet.device
     dtype = pipe.unet.dtype
     run = _build_runner(info, pipe, sde, kind, steps, tolerance)
+    processes = processes if processes is not None else Processes(device)
+    blocks = split_blocks(num_samples, batch_size)
+    store = None
+    if samples_dir is not None:
+        identity = sampling_settings(pipe, plan, num_samples=num_samples, batch_size=batch_size, seed=seed)
+        store = ShardStore(samples_dir, {**identity, "batch_invariant": batch_invariant}, name="samples")
+    done = processes.on_main(lambda: store.open(blocks)) if store is not None else set()
 
     calls = [0]
 
@@ -424,44 +486,80 @@ def draw_samples(
         if on_model_call is not None:
             on_model_call()
 
+    def draw(block: range) -> dict[str, np.ndarray]:
+        before = calls[0]
+        generators = item_generators(seed, block)
+        labels = _class_labels(pipe, block.start, len(block), device)
+        groups = [slice(i, i + 1) for i in range(len(block))] if batch_invariant else [slice(0, len(block))]
+        images, batch_nfe, per_sample = [], [], []
+        for part in groups:
+            count = part.stop - part.start
+            x, group_nfe, sample_nfe = run(
+                _sample_shape(pipe, count),
+                generators[part],
+                None if labels is None else labels[part],
+                device,
+                dtype,
+            )
+            images.append(_to_uint8(x))
+            batch_nfe += [int(group_nfe)] * count
+            per_sample += [float(sample_nfe)] * count if isinstance(sample_nfe, float) else list(sample_nfe)
+        return {
+            "images": np.concatenate(images),
+            "batch_nfe": np.asarray(batch_nfe, dtype=np.int64),
+            "nfe_per_sample": np.asarray(per_sample, dtype=np.float64),
+            "calls_per_batch": np.asarray([batch_nfe[p.start] for p in groups], dtype=np.int64),
+            "model_calls": np.asarray(calls[0] - before, dtype=np.int64),
+        }
+
+    def finished(index: int, result: dict[str, np.ndarray]) -> None:
+        if store is not None:
+            store.write(blocks[index], result)
+        if on_samples is not None:
+            on_samples(len(blocks[index]))
+
+    if on_samples is not None and processes.is_main_process and done:
+        on_samples(sum(len(blocks[k]) for k in done))
     handle = pipe.unet.register_forward_hook(hook)
     was_training = pipe.unet.training
     pipe.unet.eval()
-    images, nfes, per_sample = [], [], []
     start = time.perf_counter()
     try:
-        for b, first in enumerate(range(0, num_samples, batch_size)):
-            count = min(batch_size, num_samples - first)
-            generator = torch.Generator(device=device).manual_seed(seed + b)
-            labels = _class_labels(pipe, first, count, device)
-            x, batch_nfe, sample_nfe = run(_sample_shape(pipe, count), generator, labels, device, dtype)
-            images.append(x.detach().float().cpu())
-            nfes.append(batch_nfe)
-            per_sample.append(sample_nfe)
+        computed = run_blocks(processes, blocks, draw, skip=done, on_result=finished)
     finally:
         handle.remove()
         pipe.unet.train(was_training)
     seconds = time.perf_counter() - start
+    results = [computed[k] if k in computed else store.read(blocks[k]) for k in range(len(blocks))]
+    images = np.concatenate([r["images"] for r in results])
+    if images.shape != _sample_shape(pipe, num_samples):
+        raise ValueError(f"the shards in {str(samples_dir)!r} do not hold {num_samples} images of this model")
     settings = {"sampler": sampler, "family": info.family, **info.options}
     settings.update({"steps": steps} if steps is not None else {"tolerance": tolerance})
-    settings.update({"batch_size": batch_size, "seed": seed, "sde": kind})
+    settings.update({"batch_size": batch_size, "seed": seed, "sde": kind, "batch_invariant": batch_invariant})
     if info.family == "pc":
         settings["snr"] = float(pipe.scheduler.config.get("snr", float("nan")))
-    weights = [min(batch_size, num_samples - f) for f in range(0, num_samples, batch_size)]
     return SamplingOutput(
-        images=torch.cat(images),
-        nfe=sum(n * w for n, w in zip(nfes, weights, strict=True)) / num_samples,
-        nfe_per_sample=sum(n * w for n, w in zip(per_sample, weights, strict=True)) / num_samples,
-        model_calls=calls[0],
-        nfe_per_batch=[int(n) for n in nfes],
+        images=torch.from_numpy(images).float() / 255.0,
+        nfe=float(np.concatenate([r["batch_nfe"] for r in results]).mean()),
+        nfe_per_sample=float(np.concatenate([r["nfe_per_sample"] for r in results]).mean()),
+        model_calls=int(sum(int(r["model_calls"]) for r in computed.values())),
+        nfe_per_batch=[int(n) for k in sorted(computed) for n in computed[k]["calls_per_batch"]],
         steps=steps,
         seconds=seconds,
         settings=settings,
+        num_processes=processes.num_processes,
+        resumed_samples=sum(len(blocks[k]) for k in done),
     )
 
 
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """``[0, 1]`` images to uint8 (the rounding of ``numpy_to_pil`` and :func:`~.quality.quantize_8bit`)."""
+    return (images.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).cpu().numpy()
+
+
 # ---------------------------------------------------------------------------------------------------------
-# One runner per family: (shape, generator, labels, device, dtype) -> (images in [0, 1], nfe, mean nfe per sample)
+# One runner per family: (shape, generators, labels, device, dtype) -> (images in [0, 1], nfe, nfe per sample)
 # ---------------------------------------------------------------------------------------------------------
 def _build_runner(info: SamplerInfo, pipe: Any, sde: SDE, kind: str, steps: int | None, tolerance: float | None):
     from ..pipelines.pipeline_score_sde import ScoreSdePipeline
@@ -470,11 +568,11 @@ def _build_runner(info: SamplerInfo, pipe: Any, sde: SDE, kind: str, steps: int 
         sampling_pipe = ScoreSdePipeline(unet=pipe.unet, scheduler=_scheduler_for(info, pipe, kind))
         sampling_pipe.set_progress_bar_config(disable=True)
 
-        def run_pipeline(shape, generator, labels, device, dtype):
+        def run_pipeline(shape, generators, labels, device, dtype):
             out = sampling_pipe(
                 batch_size=shape[0],
                 num_inference_steps=steps,
-                generator=generator,
+                generator=generators,
                 output_type="pt",
                 class_labels=labels,
             )
@@ -493,18 +591,20 @@ def _build_runner(info: SamplerInfo, pipe: Any, sde: SDE, kind: str, steps: int 
 
     options = dict(info.options)
 
-    def run_function(shape, generator, labels, device, dtype):
+    def run_function(shape, generators, labels, device, dtype):
         extra = {"class_labels": labels} if labels is not None else {}
         score_fn = view.score_fn(pipe.unet, **extra)
-        common = {"shape": shape, "generator": generator, "device": device, "dtype": dtype}
+        # the prior, one CPU generator per sample (as the pipeline draws it), then on the model's device
+        x = torch.cat([sde.prior_sampling((1, *shape[1:]), generator=g, dtype=dtype) for g in generators])
+        x = x.to(device)
         with torch.no_grad():
             if info.family == "ode":
-                out = sample_probability_flow_fixed(score_fn, sde, num_steps=steps, **options, **common)
+                out = sample_probability_flow_fixed(score_fn, sde, x, num_steps=steps, **options)
             elif info.name == "ode_adaptive":
-                out = sample_probability_flow(score_fn, sde, rtol=tolerance, atol=tolerance, **options, **common)
+                out = sample_probability_flow(score_fn, sde, x, rtol=tolerance, atol=tolerance, **options)
             else:
-                out = sample_adaptive_sde(score_fn, sde, rtol=tolerance, **options, **common)
-        per_sample = float(out.nfe_per_sample.double().mean()) if out.nfe_per_sample is not None else float(out.nfe)
+                out = sample_adaptive_sde(score_fn, sde, x, rtol=tolerance, generator=generators, **options)
+        per_sample = out.nfe_per_sample.double().cpu().tolist() if out.nfe_per_sample is not None else float(out.nfe)
         return to_unit(out.sample), out.nfe, per_sample
 
     return run_function
