@@ -16,6 +16,10 @@ trainer prepares training images; real and generated images are then quantized t
 to the extractor's input size (see :mod:`sde_diffusers.evaluation.quality`).
 
 Prints a table and writes a JSON report (``--out``, default ``MODEL_DIR/evaluation.json``).
+
+Under ``torchrun`` / ``accelerate launch`` the processes share the sampling and bits/dim blocks (sample i depends only
+on (seed, i): the same numbers for any number of processes); the main process computes the features and metrics and
+writes the report. ``--samples-dir`` keeps finished sample blocks and resumes from them after a kill.
 """
 
 from __future__ import annotations

@@ -31,12 +31,14 @@ from .metrics import (
 )
 from .outputs import FeatureExtractorOutput
 from .quality import (
+    BitsPerDimOutput,
     ReferenceSet,
     check_fid_sample_size,
     extractor_input,
     features_of,
     heldout_bits_per_dim,
     load_reference,
+    per_image_bits_per_dim,
     quantize_8bit,
     sample_quality,
 )
@@ -52,12 +54,14 @@ from .sampling import (
 from .transformers_features import CLIPExtractor, DINOv2Extractor, class_clip_score
 
 __all__ = [
+    "BitsPerDimOutput",
     "ReferenceSet",
     "check_fid_sample_size",
     "extractor_input",
     "features_of",
     "heldout_bits_per_dim",
     "load_reference",
+    "per_image_bits_per_dim",
     "quantize_8bit",
     "sample_quality",
     "SAMPLERS",
