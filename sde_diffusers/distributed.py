@@ -131,46 +131,43 @@ def _describe(err: BaseException) -> tuple[str, bool]:
 class Processes:
     """The processes of this run: a thin view of accelerate's :class:`~accelerate.PartialState`.
 
-    Without a launcher this is one process and every collective is a no-op. Under ``torchrun`` /
-    ``accelerate launch`` (``WORLD_SIZE > 1``) the process group is formed here (gloo without CUDA or when
-    ``device`` is a CPU, NCCL otherwise), unless accelerate formed it already.
+    Without a launcher (``WORLD_SIZE`` unset or 1) this is one process, every collective is a no-op and no global
+    state is touched. Under ``torchrun`` / ``accelerate launch`` the process group is formed through accelerate
+    (gloo without CUDA or when ``device`` is a CPU, NCCL otherwise), unless accelerate formed it already.
 
     Args:
         device (`str` or `torch.device`, *optional*): the compute device; ``"cuda"`` means this process's own GPU
-            (``cuda:LOCAL_RANK``). Defaults to accelerate's choice (this process's GPU, else the CPU).
+            (``cuda:LOCAL_RANK``). Defaults to this process's GPU if there is one, else the CPU.
         timeout (`datetime.timedelta`, defaults to 12 hours): how long a collective waits for the other processes.
     """
 
     def __init__(
         self, device: str | torch.device | None = None, *, timeout: datetime.timedelta = DEFAULT_TIMEOUT
     ) -> None:
-        from accelerate import PartialState
-
         requested = torch.device(device) if device is not None else None
-        multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        # accelerate forms a gloo (MULTI_CPU) group only when told `cpu`; NCCL needs CUDA.
-        cpu = multi and ((requested is not None and requested.type == "cpu") or not torch.cuda.is_available())
-        kwargs = {"timeout": timeout} if multi else {}
-        self.state = PartialState(cpu=cpu, **kwargs)
+        self.state = None
+        self.num_processes, self.process_index, self.local_process_index = 1, 0, 0
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import PartialState
+
+            # accelerate forms a gloo (MULTI_CPU) group only when told `cpu`; NCCL needs CUDA.
+            cpu = (requested is not None and requested.type == "cpu") or not torch.cuda.is_available()
+            self.state = PartialState(cpu=cpu, timeout=timeout)
+            self.num_processes = int(self.state.num_processes)
+            self.process_index = int(self.state.process_index)
+            self.local_process_index = int(self.state.local_process_index)
         if requested is None:
-            requested = self.state.device
-        elif requested.type == "cuda" and requested.index is None and self.state.num_processes > 1:
-            requested = torch.device("cuda", self.state.local_process_index)
-        # accelerate says "cpu:0" under a launcher; a model moved there takes other (slower, differently rounded)
-        # CPU kernels than on "cpu", so one process and several would not agree
+            requested = self.state.device if self.state is not None else None
+            requested = requested or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        elif requested.type == "cuda" and requested.index is None and self.num_processes > 1:
+            requested = torch.device("cuda", self.local_process_index)
+        # accelerate says "cpu:0" under a launcher; a model moved there takes other (differently rounded) CPU
+        # kernels than on "cpu", so one process and several would not agree
         self.device = torch.device("cpu") if requested.type == "cpu" else requested
 
     @property
-    def num_processes(self) -> int:
-        return int(self.state.num_processes)
-
-    @property
-    def process_index(self) -> int:
-        return int(self.state.process_index)
-
-    @property
     def is_main_process(self) -> bool:
-        return bool(self.state.is_main_process)
+        return self.process_index == 0
 
     def all_gather(self, obj: T) -> list[T]:
         """Every process's ``obj`` (picklable), in process order, on every process."""
