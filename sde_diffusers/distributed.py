@@ -125,7 +125,15 @@ class ProcessFailed(RuntimeError):
 
 
 def _describe(err: BaseException) -> tuple[str, bool]:
+    """``(message, user_error)`` of an exception, for the other processes."""
+    if isinstance(err, SystemExit):  # a command that ended with a message
+        message = str(err.code)
+        return (message[len("error: ") :] if message.startswith("error: ") else message), True
     return (str(err) or type(err).__name__), isinstance(err, USER_ERRORS)
+
+
+# What a process catches to tell the others before re-raising it (a command's SystemExit included).
+_REPORTED = (Exception, SystemExit)
 
 
 class Processes:
@@ -205,7 +213,7 @@ class Processes:
         own: BaseException | None = None
         try:
             yield
-        except Exception as err:  # noqa: BLE001 - reported to every process, then re-raised
+        except _REPORTED as err:  # reported to every process, then re-raised
             own = err
         self._raise_first(self.all_gather(None if own is None else _describe(own)), own)
 
@@ -216,7 +224,7 @@ class Processes:
         if self.is_main_process:
             try:
                 result = fn()
-            except Exception as err:  # noqa: BLE001 - reported to every process, then re-raised
+            except _REPORTED as err:  # reported to every process, then re-raised
                 own = err
         status, result = self.broadcast((None if own is None else _describe(own), result))
         self._raise_first([status], own)
@@ -248,7 +256,8 @@ def run_blocks(
     Returns:
         `dict[int, T]`: the result of every computed block, by block index, on every process.
     """
-    todo = [k for k in range(len(blocks)) if k not in set(skip)]
+    skipped = set(skip)
+    todo = [k for k in range(len(blocks)) if k not in skipped]
     world, rank = processes.num_processes, processes.process_index
     results: dict[int, T] = {}
     for first in range(0, len(todo), world):
@@ -258,7 +267,7 @@ def run_blocks(
         if mine is not None:
             try:
                 payload = compute(blocks[mine])
-            except Exception as err:  # noqa: BLE001 - reported to every process, then re-raised
+            except _REPORTED as err:  # reported to every process, then re-raised
                 own = err
         gathered = processes.all_gather((mine, None if own is None else _describe(own), payload))
         processes._raise_first([status for _, status, _ in gathered], own)
