@@ -372,7 +372,8 @@ def per_image_bits_per_dim(
             on_images(len(seen), float(seen.mean()))
 
     start = time.perf_counter()
-    resumed = {k: store.read(blocks[k]) for k in sorted(done)} if store is not None else {}
+    # shards are on the main process's machine only: it reads the resumed blocks and sends them to the others
+    resumed = processes.on_main(lambda: {k: store.read(blocks[k]) for k in sorted(done)}) if done else {}
     if processes.is_main_process and resumed:
         for k, result in resumed.items():
             values[k] = result["bits_per_dim"]

@@ -530,7 +530,9 @@ def draw_samples(
         handle.remove()
         pipe.unet.train(was_training)
     seconds = time.perf_counter() - start
-    results = [computed[k] if k in computed else store.read(blocks[k]) for k in range(len(blocks))]
+    # shards are on the main process's machine only: it reads the resumed blocks and sends them to the others
+    resumed = processes.on_main(lambda: {k: store.read(blocks[k]) for k in done}) if done else {}
+    results = [computed[k] if k in computed else resumed[k] for k in range(len(blocks))]
     images = np.concatenate([r["images"] for r in results])
     if images.shape != _sample_shape(pipe, num_samples):
         raise ValueError(f"the shards in {str(samples_dir)!r} do not hold {num_samples} images of this model")
