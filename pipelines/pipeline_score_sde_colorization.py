@@ -93,7 +93,8 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
     The colour of each pixel is written in the paper's decoupled orthonormal colour space, whose first channel is the
     normalised grey level: colorization observes that channel and samples the other two, exactly the structure of
     inpainting, so the same ``method`` options apply (``"replacement"``: the paper's; ``"guidance"``: Tweedie
-    likelihood guidance, the default; ``"guidance+replacement"``). The grey level of every result equals the input:
+    likelihood guidance, the default; ``"guidance+replacement"``; ``"smc"``: twisted sequential Monte Carlo with
+    ``num_particles`` particles per image). The grey level of every result equals the input:
     the observed channel is pasted at the end and colours are brought into range along the grey-preserving
     direction (:func:`fit_grey_in_range`).
 
@@ -123,6 +124,7 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
         method: str = "guidance",
         guidance_scale: float = 1.0,
         guidance_variance: float | str = "jacobian",
+        num_particles: int | None = None,
         grey_weights: Sequence[float] | None = None,
         class_labels: int | Sequence[int] | torch.Tensor | np.ndarray | None = None,
         classifier_scale: float = 1.0,
@@ -145,14 +147,15 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
             generator (`torch.Generator` or a list of them, *optional*): randomness; a list gives one per sample.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (see [`ScoreSdePipeline`]).
             return_dict (`bool`, defaults to `True`): return a [`ScoreSdePipelineOutput`] instead of a tuple.
-            method, guidance_scale, guidance_variance: as in [`ScoreSdeInpaintPipeline`].
+            method, guidance_scale, guidance_variance, num_particles: as in [`ScoreSdeInpaintPipeline`].
             grey_weights (three `float`, *optional*): weights of R, G, B in the grey level (normalised to sum 1);
                 the mean by default, as in the paper; `(0.299, 0.587, 0.114)` matches PIL's `convert("L")`.
             class_labels, classifier_scale: class conditioning, as in [`ScoreSdePipeline`].
-            latents (`torch.Tensor`, *optional*): standard-normal prior noise ``(batch, 3, height, width)``.
+            latents (`torch.Tensor`, *optional*): standard-normal prior noise ``(batch, 3, height, width)``
+                (``(batch * num_particles, 3, height, width)`` with `"smc"`).
             callback_on_step_end, callback_on_step_end_tensor_inputs: as in [`ScoreSdePipeline`].
             sampler, sampler_options: the scheduler loop or an adaptive solver, as in [`ScoreSdePipeline`] (the
-                adaptive solvers take the guidance methods, not `"replacement"`).
+                adaptive solvers take the guidance methods, not `"replacement"` or `"smc"`).
 
         Returns:
             [`ScoreSdePipelineOutput`] with `images` and `nfe`, or a tuple `(images,)`.
@@ -166,6 +169,7 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
             sampler_options,
         )
         self.check_method_inputs(method, guidance_scale, guidance_variance, sampler)
+        particles = self.check_smc_inputs(method, num_particles, guidance_variance)
         channels, _, _ = self._sample_shape_from_config()
         if channels != 3:
             raise ValueError(
@@ -182,7 +186,8 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
         weights = _check_weights(grey_weights)
         labels = self.check_class_inputs(class_labels, classifier_scale, batch_size)
         n_labels = None if labels is None or labels.numel() == 1 else labels.numel()
-        n_latents = latents.shape[0] if isinstance(latents, torch.Tensor) and latents.dim() > 0 else None
+        # With "smc" the latents hold every particle: batch * num_particles of them.
+        n_latents = latents.shape[0] // particles if isinstance(latents, torch.Tensor) and latents.dim() > 0 else None
         batch = resolve_batch_size(
             batch_size,
             generator,
@@ -203,20 +208,25 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
         # [-1, 1]); so P x = q0 (w . x) / |w|.
         data_range = self.data_range  # [-1, 1], or [0, 1] for Diffusers' score-SDE VE repos
         observed = axis * self.from_unit_range(grey, data_range=data_range) / float(weights.norm())
-        observation = LinearObservation(
-            observed=observed.to(dtype),
-            project=project,
-            num_observed=torch.full((batch,), float(grey[0, 0].numel()), device=device),
-        )
-        labels = self._expand_labels(labels, batch, device)
-        cond = self._inverse_conditioning(
-            observation, method, float(guidance_scale), guidance_variance, labels, float(classifier_scale)
-        )
-        x, nfe = self._sample(
+
+        def make_observation(repeats: int) -> LinearObservation:
+            return LinearObservation(
+                observed=(observed.repeat_interleave(repeats, 0) if repeats > 1 else observed).to(dtype),
+                project=project,
+                num_observed=torch.full((batch * repeats,), float(grey[0, 0].numel()), device=device),
+            )
+
+        x, nfe = self._solve(
             (batch, 3, *grey.shape[2:]),
+            make_observation,
+            method=method,
+            guidance_scale=float(guidance_scale),
+            guidance_variance=guidance_variance,
+            class_labels=self._expand_labels(labels, batch, device),
+            classifier_scale=float(classifier_scale),
+            num_particles=particles,
             num_inference_steps=num_inference_steps,
             generator=generator,
-            cond=cond,
             latents=latents,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
@@ -225,6 +235,6 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
         )
         # Paste the observed grey axis (the paper's last replacement), then bring colours into [0, 1] along the
         # grey-preserving direction, so the grey level of the result is the input's.
-        x = observation.replace(x.float(), observed)
+        x = make_observation(1).replace(x.float(), observed)
         images = fit_grey_in_range(self.to_unit_range(x, clamp=False, data_range=data_range), grey, weights.tolist())
         return self._finish(images, output_type, return_dict, nfe)

@@ -27,7 +27,9 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
     :mod:`~sde_diffusers.pipelines.pipeline_score_sde_inverse`): ``"replacement"`` is the paper's method;
     ``"guidance"`` (the default) adds the Tweedie likelihood gradient to the score and draws the modes of the
     missing region with far more accurate weights when the known pixels are ambiguous; ``"guidance+replacement"``
-    does both.
+    does both; ``"smc"`` runs ``num_particles`` weighted particles per image (twisted sequential Monte Carlo), whose
+    result converges to the exact posterior of the sampler's chain as the particle count grows, at
+    ``num_particles`` times the cost.
 
     Args:
         unet: the score network (see [`ScoreSdePipelineBase`]).
@@ -56,6 +58,7 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
         method: str = "guidance",
         guidance_scale: float = 1.0,
         guidance_variance: float | str = "jacobian",
+        num_particles: int | None = None,
         mask_threshold: float | None = None,
         class_labels: int | Sequence[int] | torch.Tensor | np.ndarray | None = None,
         classifier_scale: float = 1.0,
@@ -80,22 +83,30 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
             generator (`torch.Generator` or a list of them, *optional*): randomness; a list gives one per sample.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (see [`ScoreSdePipeline`]).
             return_dict (`bool`, defaults to `True`): return a [`ScoreSdePipelineOutput`] instead of a tuple.
-            method (`str`, defaults to `"guidance"`): `"replacement"` (the paper's), `"guidance"` or
-                `"guidance+replacement"`.
-            guidance_scale (`float`, defaults to 1.0): weight of the likelihood gradient (guidance methods).
+            method (`str`, defaults to `"guidance"`): `"replacement"` (the paper's), `"guidance"`,
+                `"guidance+replacement"` or `"smc"` (see the module docs of `pipeline_score_sde_inverse`).
+            guidance_scale (`float`, defaults to 1.0): weight of the likelihood gradient (guidance methods); with
+                `"smc"` it scales the proposal's guidance along the unobserved directions (the weights correct any
+                value).
             guidance_variance (`float` or `"jacobian"`, defaults to `"jacobian"`): per-pixel prior variance ``v`` of
                 the data in the network's ``[-1, 1]`` range for ``r_t^2 = v sigma^2 / (v + sigma^2)``, or
-                `"jacobian"` to take ``r_t^2`` from the network's Jacobian (two backward passes per evaluation).
+                `"jacobian"` to take ``r_t^2`` from the network's Jacobian (two backward passes per evaluation;
+                the only choice for `"smc"`).
+            num_particles (`int`, *optional*): particles per output image for `method="smc"` (default 16); each
+                network call evaluates ``batch_size * num_particles`` samples in one batch, and the returned image is
+                one particle drawn by the final weights. Only with `"smc"`.
             mask_threshold (`float`, *optional*): binarise a soft mask: repaint where ``mask >= mask_threshold``
                 (mask in ``[0, 1]``). Without it, a mask with values other than 0 and 1 is an error.
             class_labels, classifier_scale: class conditioning, as in [`ScoreSdePipeline`].
-            latents (`torch.Tensor`, *optional*): standard-normal prior noise ``(batch, channels, height, width)``.
+            latents (`torch.Tensor`, *optional*): standard-normal prior noise ``(batch, channels, height, width)``
+                (``(batch * num_particles, ...)`` with `"smc"`, particle ``k`` of image ``b`` at ``b * K + k``).
             callback_on_step_end, callback_on_step_end_tensor_inputs: as in [`ScoreSdePipeline`].
             sampler, sampler_options: the scheduler loop or an adaptive solver, as in [`ScoreSdePipeline`] (the
-                adaptive solvers take the guidance methods, not `"replacement"`).
+                adaptive solvers take the guidance methods, not `"replacement"` or `"smc"`).
 
         Returns:
-            [`ScoreSdePipelineOutput`] with `images` and `nfe`, or a tuple `(images,)`.
+            [`ScoreSdePipelineOutput`] with `images` and `nfe` (batched network calls; with `"smc"` each call
+            evaluates `num_particles` samples per image), or a tuple `(images,)`.
         """
         self.check_common_inputs(
             num_inference_steps,
@@ -106,11 +117,13 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
             sampler_options,
         )
         self.check_method_inputs(method, guidance_scale, guidance_variance, sampler)
+        particles = self.check_smc_inputs(method, num_particles, guidance_variance)
         pixels = images_to_tensor(image, "image")
         mask = self._prepare_mask(mask_image, mask_threshold, pixels)
         labels = self.check_class_inputs(class_labels, classifier_scale, batch_size)
         n_labels = None if labels is None or labels.numel() == 1 else labels.numel()
-        n_latents = latents.shape[0] if isinstance(latents, torch.Tensor) and latents.dim() > 0 else None
+        # With "smc" the latents hold every particle: batch * num_particles of them.
+        n_latents = latents.shape[0] // particles if isinstance(latents, torch.Tensor) and latents.dim() > 0 else None
         batch = resolve_batch_size(
             batch_size,
             generator,
@@ -126,20 +139,26 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
         keep = (1.0 - mask).expand(shape).to(device)
         data_range = self.data_range  # [-1, 1], or [0, 1] for Diffusers' score-SDE VE repos
         observed = keep * self.from_unit_range(pixels, data_range=data_range)
-        observation = LinearObservation(
-            observed=observed.to(dtype),
-            project=lambda x: keep.to(x.dtype) * x,
-            num_observed=keep.flatten(1).sum(1).clamp_min(1.0),
-        )
-        labels = self._expand_labels(labels, batch, device)
-        cond = self._inverse_conditioning(
-            observation, method, float(guidance_scale), guidance_variance, labels, float(classifier_scale)
-        )
-        x, nfe = self._sample(
+
+        def make_observation(repeats: int) -> LinearObservation:
+            keep_r = keep.repeat_interleave(repeats, 0) if repeats > 1 else keep
+            return LinearObservation(
+                observed=(observed.repeat_interleave(repeats, 0) if repeats > 1 else observed).to(dtype),
+                project=lambda x: keep_r.to(x.dtype) * x,
+                num_observed=keep_r.flatten(1).sum(1).clamp_min(1.0),
+            )
+
+        x, nfe = self._solve(
             shape,
+            make_observation,
+            method=method,
+            guidance_scale=float(guidance_scale),
+            guidance_variance=guidance_variance,
+            class_labels=self._expand_labels(labels, batch, device),
+            classifier_scale=float(classifier_scale),
+            num_particles=particles,
             num_inference_steps=num_inference_steps,
             generator=generator,
-            cond=cond,
             latents=latents,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .inpaint import _variance, open_image
+from .inpaint import add_method_arguments, method_kwargs, open_image
 from .sample import add_common_arguments, check_output_dir, generate, load_pipeline, write_images
 
 NAME = "colorize"
@@ -26,18 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar=("R", "G", "B"),
         help="weights of R, G, B in the grey level (default: the mean, as in the paper)",
     )
-    parser.add_argument(
-        "--method",
-        default="guidance",
-        choices=["replacement", "guidance", "guidance+replacement"],
-        help="conditioning: the paper's replacement, or Tweedie likelihood guidance (default)",
-    )
-    parser.add_argument("--guidance-scale", type=float, default=1.0)
-    parser.add_argument(
-        "--guidance-variance",
-        default="jacobian",
-        help="'jacobian' (estimated from the model, default) or a number: the data's per-pixel variance",
-    )
+    add_method_arguments(parser)
 
 
 def _to_grey(image, weights):
@@ -55,17 +44,15 @@ def run(args: argparse.Namespace) -> int:
     from sde_diffusers.pipelines import ScoreSdeColorizationPipeline
 
     check_output_dir(args)
-    variance = _variance(args.guidance_variance)
+    options = method_kwargs(args)
     grey = _to_grey(open_image(args.image, "--image"), args.grey_weights)
     pipe = load_pipeline(args, ScoreSdeColorizationPipeline)
     images = generate(
         pipe,
         args,
         grey,
-        method=args.method,
-        guidance_scale=args.guidance_scale,
-        guidance_variance=variance,
         grey_weights=args.grey_weights,
+        **options,
     )
     write_images(args, images)
     return 0

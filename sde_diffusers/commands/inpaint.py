@@ -24,11 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="binarise a soft mask: repaint where mask >= threshold (in [0, 1])",
     )
+    add_method_arguments(parser)
+
+
+def add_method_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--method``, ``--guidance-scale``, ``--guidance-variance`` and ``--num-particles`` (inpaint and colorize)."""
     parser.add_argument(
         "--method",
         default="guidance",
-        choices=["replacement", "guidance", "guidance+replacement"],
-        help="conditioning: the paper's replacement, or Tweedie likelihood guidance (default)",
+        choices=["replacement", "guidance", "guidance+replacement", "smc"],
+        help="conditioning: the paper's replacement, Tweedie likelihood guidance (default), both, or 'smc' "
+        "(weighted particles; converges to the exact posterior as --num-particles grows, at that many times the cost)",
     )
     parser.add_argument("--guidance-scale", type=float, default=1.0)
     parser.add_argument(
@@ -36,6 +42,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="jacobian",
         help="'jacobian' (estimated from the model, default) or a number: the data's per-pixel variance",
     )
+    parser.add_argument(
+        "--num-particles",
+        type=int,
+        default=None,
+        help="particles per image with --method smc (default 16); one batch of images x particles per model call",
+    )
+
+
+def method_kwargs(args: argparse.Namespace) -> dict:
+    """The pipeline keyword arguments of :func:`add_method_arguments`."""
+    return {
+        "method": args.method,
+        "guidance_scale": args.guidance_scale,
+        "guidance_variance": _variance(args.guidance_variance),
+        "num_particles": args.num_particles,
+    }
 
 
 def _variance(text: str) -> float | str:
@@ -63,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from sde_diffusers.pipelines import ScoreSdeInpaintPipeline
 
     check_output_dir(args)
-    variance = _variance(args.guidance_variance)
+    options = method_kwargs(args)
     image, mask = open_image(args.image, "--image"), open_image(args.mask, "--mask")
     pipe = load_pipeline(args, ScoreSdeInpaintPipeline)
     if image.mode not in ("L", "RGB"):
@@ -75,10 +97,8 @@ def run(args: argparse.Namespace) -> int:
         args,
         image,
         mask,
-        method=args.method,
-        guidance_scale=args.guidance_scale,
-        guidance_variance=variance,
         mask_threshold=args.mask_threshold,
+        **options,
     )
     write_images(args, images)
     return 0
