@@ -175,19 +175,20 @@ def first_mode_weight(images: torch.Tensor) -> float:
     return float(((2 * images[..., 2:] - 1).mean((1, 2, 3)) > 0).double().mean())
 
 
-@pytest.mark.parametrize("scheduler", ["vp-em", "vp-ddim"])
+# ~25 s of CPU each; the DDIM run is the slow-marked one (DDIM's SMC path is also covered by the colorization test).
+@pytest.mark.parametrize("scheduler", ["vp-em", pytest.param("vp-ddim", marks=pytest.mark.slow)])
 def test_smc_samples_the_exact_posterior_where_replacement_and_guidance_do_not(scheduler):
     model, image, mask = between_modes_problem("vp")
     pipe = ScoreSdeInpaintPipeline(model, VPSDEScheduler() if scheduler == "vp-em" else DDIMScheduler())
     pipe.set_progress_bar_config(disable=True)
 
     def weight(**kwargs):
-        out = pipe(image, mask, batch_size=150, num_inference_steps=50, output_type="pt", **kwargs)
+        out = pipe(image, mask, batch_size=120, num_inference_steps=50, output_type="pt", **kwargs)
         return first_mode_weight(out.images)
 
     smc_weight = weight(method="smc", num_particles=16, generator=torch.Generator().manual_seed(0))
-    # 150 draws of an exact sampler: standard error 0.041 around the exact 0.5.
-    assert abs(smc_weight - 0.5) < 0.1, smc_weight
+    # 120 draws of an exact sampler: standard error 0.046 around the exact 0.5.
+    assert abs(smc_weight - 0.5) < 0.12, smc_weight
     if scheduler == "vp-em":  # the baselines draw the first mode 0.79 to 0.83 of the time (TV ~0.3)
         for method in ("replacement", "guidance"):
             assert abs(weight(method=method, generator=torch.Generator().manual_seed(0)) - 0.5) > 0.2
