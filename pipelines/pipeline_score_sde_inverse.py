@@ -232,13 +232,14 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
                 f"Jacobian's curvature); guidance_variance={guidance_variance!r} applies to the guidance methods."
             )
         if self._smc_transition_kind() is None:
+            name = type(self.sampling_scheduler).__name__
             raise ValueError(
                 f"method='smc' needs a scheduler whose step is a Gaussian transition with a known mean and standard "
                 f"deviation: our VESDEScheduler / VPSDEScheduler / SubVPSDEScheduler (any predictor and corrector) or "
-                f"a DDIM-style scheduler (run with eta={SMC_DDIM_ETA}); {type(self.scheduler).__name__} is not one "
-                "(ProbabilityFlowScheduler and the ODE solvers are deterministic)."
+                f"a DDIM-style scheduler (run with eta={SMC_DDIM_ETA}); {name} is not one (ProbabilityFlowScheduler "
+                "and the ODE solvers are deterministic)."
             )
-        SchedulerSDE(self.scheduler).sde  # noqa: B018 - raises the explanatory ValueError before any work
+        self.scheduler_sde().sde  # noqa: B018 - raises the explanatory ValueError before any work
         return particles
 
     def _replacement_hook(self, observation: LinearObservation) -> Callable:
@@ -304,7 +305,7 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
     def _smc_transition_kind(self) -> str | None:
         """``"sde"`` (our stochastic schedulers), ``"ddim"`` (a step taking ``eta`` and ``variance_noise``) or
         ``None`` (no Gaussian transition this sampler can read)."""
-        scheduler = self.scheduler
+        scheduler = self.sampling_scheduler
         if isinstance(scheduler, SDESchedulerMixin):
             return None if isinstance(scheduler, ProbabilityFlowScheduler) else "sde"
         accepted = set(inspect.signature(scheduler.step).parameters)
@@ -315,16 +316,16 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The scheduler's step as ``N(mean, std^2 I)``: ``mean`` shaped like ``sample``, ``std`` of shape
         ``(batch,)``. The scheduler's own noise draw is discarded; the caller draws the proposal's."""
-        flat = sample.shape[0], -1
+        flat, scheduler = (sample.shape[0], -1), self.sampling_scheduler
         if self._smc_transition_kind() == "ddim":
             # The step is mean + std * variance_noise: read both from two noise-free calls (the step is stateless).
             def step(noise: torch.Tensor) -> torch.Tensor:
-                out = self.scheduler.step(model_output, timestep, sample, eta=SMC_DDIM_ETA, variance_noise=noise)
+                out = scheduler.step(model_output, timestep, sample, eta=SMC_DDIM_ETA, variance_noise=noise)
                 return out.prev_sample
 
             mean = step(torch.zeros_like(sample))
             return mean, (step(torch.ones_like(sample)) - mean).reshape(flat).mean(1)
-        out = self.scheduler.step(model_output, timestep, sample, generator=torch.Generator().manual_seed(0))
+        out = scheduler.step(model_output, timestep, sample, generator=torch.Generator().manual_seed(0))
         std = getattr(out, "noise_std", None)
         if std is None:
             # Recover the injected std from the replayed draw: prev_sample - prev_sample_mean = std * z, per sample.
@@ -343,7 +344,7 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
     ) -> dict[str, torch.Tensor]:
         """One batched network call at the particles: the prior chain's model output ``out`` (with any classifier
         terms), the twist ``log_g``, its gradient ``grad``, the residual ``P (y - x0_hat)``, ``r2`` and the time."""
-        model_input = self.scheduler.scale_model_input(sample, timestep)
+        model_input = self.sampling_scheduler.scale_model_input(sample, timestep)
         t = view.continuous(timestep, model_input.shape[0], model_input)
         attention = _math_attention() if twist.needs_second_order else contextlib.nullcontext()
         with torch.enable_grad(), attention:
@@ -377,13 +378,13 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
         """Twisted SMC over the scheduler's chain (see the module docstring); one particle per output at the end."""
         batch, k = shape[0], num_particles
         n = batch * k
-        view, obs = SchedulerSDE(self.scheduler), twist.observation
+        scheduler, view, obs = self.sampling_scheduler, self.scheduler_sde(), twist.observation
         device = self._execution_device
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = scheduler.timesteps
         # A list of generators (one per output) drives that output's K particles, so each output is reproducible alone.
         particle_gen = [g for g in generator for _ in range(k)] if isinstance(generator, list) else generator
-        x = self._initial_latents((n, *shape[1:]), particle_gen, latents, self.scheduler.init_noise_sigma, cond)
+        x = self._initial_latents((n, *shape[1:]), particle_gen, latents, scheduler.init_noise_sigma, cond)
 
         def uniforms() -> torch.Tensor:
             return smc.uniforms_from_normals(randn_tensor((batch,), generator=generator, device=device))
