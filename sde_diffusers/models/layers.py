@@ -217,8 +217,12 @@ class FIRConv2d(nn.Module):
         return x + self.bias.view(1, -1, 1, 1)
 
 
-class Upsample(nn.Module):
-    """Upsample by 2: FIR (optionally fused with a 3x3 conv) or nearest neighbour (optionally + conv)."""
+class _Resample(nn.Module):
+    """Shared construction of :class:`Upsample` / :class:`Downsample`: an optional convolution (fused with the FIR
+    filter when ``fir``) and the FIR filter buffer."""
+
+    _fir_direction: str  # "up" or "down": the FIRConv2d flag
+    _plain_conv_args: dict[str, int]  # conv3x3 stride / padding of the convolution without FIR
 
     def __init__(
         self,
@@ -231,13 +235,30 @@ class Upsample(nn.Module):
         super().__init__()
         out_ch = out_ch or in_ch
         if not with_conv and out_ch != in_ch:
-            raise ValueError("Upsample without a convolution cannot change the number of channels")
+            raise ValueError(f"{type(self).__name__} without a convolution cannot change the number of channels")
         self.fir, self.with_conv = fir, with_conv
         self.conv: nn.Module | None = None
         if with_conv:
-            self.conv = FIRConv2d(in_ch, out_ch, up=True, fir_kernel=fir_kernel) if fir else conv3x3(in_ch, out_ch)
+            if fir:
+                self.conv = FIRConv2d(in_ch, out_ch, fir_kernel=fir_kernel, **{self._fir_direction: True})
+            else:
+                self.conv = conv3x3(in_ch, out_ch, **self._plain_conv_args)
         if fir:
             self.register_buffer("fir_filter", fir_kernel_2d(fir_kernel), persistent=False)
+
+
+class Upsample(_Resample):
+    """Upsample by 2: FIR (optionally fused with a 3x3 conv) or nearest neighbour (optionally + conv).
+
+    Args:
+        in_ch (`int`), out_ch (`int`, *optional*): channels (``out_ch`` may differ only ``with_conv``).
+        with_conv (`bool`): a 3x3 convolution after (or, with ``fir``, fused with) the resampling.
+        fir (`bool`): FIR resampling with ``fir_kernel`` instead of nearest neighbour.
+        fir_kernel (`Sequence[float]`): the 1-D FIR taps.
+    """
+
+    _fir_direction = "up"
+    _plain_conv_args = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fir:
@@ -246,30 +267,18 @@ class Upsample(nn.Module):
         return self.conv(x) if self.conv is not None else x
 
 
-class Downsample(nn.Module):
-    """Downsample by 2: FIR (optionally fused with a 3x3 conv) or average pooling / strided 3x3 conv."""
+class Downsample(_Resample):
+    """Downsample by 2: FIR (optionally fused with a 3x3 conv) or average pooling / strided 3x3 conv.
 
-    def __init__(
-        self,
-        in_ch: int,
-        out_ch: int | None = None,
-        with_conv: bool = False,
-        fir: bool = False,
-        fir_kernel: Sequence[float] = (1, 3, 3, 1),
-    ) -> None:
-        super().__init__()
-        out_ch = out_ch or in_ch
-        if not with_conv and out_ch != in_ch:
-            raise ValueError("Downsample without a convolution cannot change the number of channels")
-        self.fir, self.with_conv = fir, with_conv
-        self.conv: nn.Module | None = None
-        if with_conv:
-            if fir:
-                self.conv = FIRConv2d(in_ch, out_ch, down=True, fir_kernel=fir_kernel)
-            else:
-                self.conv = conv3x3(in_ch, out_ch, stride=2, padding=0)
-        if fir:
-            self.register_buffer("fir_filter", fir_kernel_2d(fir_kernel), persistent=False)
+    Args:
+        in_ch (`int`), out_ch (`int`, *optional*): channels (``out_ch`` may differ only ``with_conv``).
+        with_conv (`bool`): a strided 3x3 convolution (with ``fir``: fused with the FIR filter) instead of pooling.
+        fir (`bool`): FIR resampling with ``fir_kernel`` instead of average pooling.
+        fir_kernel (`Sequence[float]`): the 1-D FIR taps.
+    """
+
+    _fir_direction = "down"
+    _plain_conv_args = {"stride": 2, "padding": 0}  # padded on the right in forward, as DDPM
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fir:
