@@ -13,7 +13,9 @@ Three networks at CIFAR-10 size (32x32x3) with the paper's channel counts (nf 12
 For each it times a forward pass (eval mode, no grad) and a forward + backward pass (train mode, mean-square loss),
 batch 8, on the CPU (1 thread unless ``--threads``) and on CUDA when there is a GPU. Models are timed in
 interleaved rounds (one call of each per round), so a load change on a shared machine hits all of them alike; the
-table reports the median over rounds and the ratio to Diffusers from the same rounds.
+table reports the median over rounds and the ratio to Diffusers from the same rounds. On the CPU it records both
+wall time and the process's CPU time; the ratio is taken from CPU time there (on an oversubscribed machine wall
+time also counts the time spent waiting for a core), from wall time on CUDA.
 
     python benchmarks/model_speed.py [--batch 8] [--rounds 5] [--devices cpu,cuda] [--threads 1]
 """
@@ -85,10 +87,14 @@ def _forward_backward(model, x, sigma):
     return loss
 
 
-def time_models(models, device, batch: int, rounds: int, warmup: int) -> dict[str, dict[str, list[float]]]:
+def time_models(
+    models, device, batch: int, rounds: int, warmup: int
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]]]:
+    """Wall and process-CPU seconds per call: ``(wall[name][pass], cpu[name][pass])``."""
     x = torch.randn(batch, 3, 32, 32, device=device)
     sigma = torch.exp(torch.linspace(math.log(0.01), math.log(50.0), batch, device=device))
     times = {name: {"forward": [], "forward_backward": []} for name in models}
+    cpu_times = {name: {"forward": [], "forward_backward": []} for name in models}
     for kind, fn, train in (("forward", _forward, False), ("forward_backward", _forward_backward, True)):
         for model in models.values():
             model.to(device).train(train)
@@ -98,13 +104,14 @@ def time_models(models, device, batch: int, rounds: int, warmup: int) -> dict[st
         for _ in range(rounds):
             for name, model in models.items():
                 _sync(device)
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 fn(model, x, sigma)
                 _sync(device)
                 times[name][kind].append(time.perf_counter() - start)
+                cpu_times[name][kind].append(time.process_time() - cpu_start)
     for model in models.values():
         model.to("cpu")
-    return times
+    return times, cpu_times
 
 
 def main() -> None:
@@ -129,10 +136,12 @@ def main() -> None:
             continue
         device = torch.device(device_name)
         rounds = args.cuda_rounds if device.type == "cuda" else args.rounds
-        times = time_models(models, device, args.batch, rounds, args.warmup)
+        times, cpu_times = time_models(models, device, args.batch, rounds, args.warmup)
+        basis = cpu_times if device.type == "cpu" else times
         for name in models:
             for kind in ("forward", "forward_backward"):
-                ratios = [a / b for a, b in zip(times[name][kind], times[reference][kind], strict=True)]
+                ratios = [a / b for a, b in zip(basis[name][kind], basis[reference][kind], strict=True)]
+                wall_ratios = [a / b for a, b in zip(times[name][kind], times[reference][kind], strict=True)]
                 rows.append(
                     {
                         "device": device_name,
@@ -141,7 +150,10 @@ def main() -> None:
                         "params": params[name],
                         "median_ms": 1e3 * statistics.median(times[name][kind]),
                         "min_ms": 1e3 * min(times[name][kind]),
+                        "median_cpu_ms": 1e3 * statistics.median(cpu_times[name][kind]),
                         "ratio_to_diffusers": statistics.median(ratios),
+                        "ratio_basis": "cpu time" if device.type == "cpu" else "wall time",
+                        "wall_ratio_to_diffusers": statistics.median(wall_ratios),
                         "rounds": rounds,
                     }
                 )
@@ -150,11 +162,14 @@ def main() -> None:
         f"NCSN++ at 32x32x3, nf 128, (1, 2, 2, 2), 4 blocks, batch {args.batch}; CPU threads {args.threads}"
         + (f"; GPU {gpu}" if gpu else "")
     )
-    print(f"{'device':6s} {'model':32s} {'params':>8s} {'pass':>17s} {'median ms':>10s} {'vs diffusers':>13s}")
+    print(
+        f"{'device':6s} {'model':32s} {'params':>8s} {'pass':>17s} {'wall ms':>9s} {'CPU ms':>9s} "
+        f"{'vs diffusers':>13s} {'(wall)':>7s}"
+    )
     for r in rows:
         print(
-            f"{r['device']:6s} {r['model']:32s} {r['params'] / 1e6:7.1f}M {r['pass']:>17s} {r['median_ms']:10.1f} "
-            f"{r['ratio_to_diffusers']:12.2f}x"
+            f"{r['device']:6s} {r['model']:32s} {r['params'] / 1e6:7.1f}M {r['pass']:>17s} {r['median_ms']:9.0f} "
+            f"{r['median_cpu_ms']:9.0f} {r['ratio_to_diffusers']:12.2f}x {r['wall_ratio_to_diffusers']:6.2f}x"
         )
     out = {
         "benchmark": "model_speed",

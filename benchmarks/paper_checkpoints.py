@@ -136,6 +136,12 @@ def evaluate(args: argparse.Namespace, checkpoint: Path, config: str, *, fixture
             f"  bits/dim of {likelihood['num_images']} held-out images: {likelihood['bits_per_dim']:.3f} "
             f"± {likelihood['bits_per_dim_stderr']:.3f} (NFE {likelihood['nfe']:.0f}, {likelihood['seconds']:.1f} s)"
         )
+    reported = REPORTED_RESULTS.get(conversion.name)
+    if reported:
+        print(
+            "  reported for this config (score_sde_pytorch README): "
+            + ", ".join(f"{k} {v}" for k, v in reported.items())
+        )
     return {
         "config": conversion.name,
         "checkpoint": str(checkpoint),
@@ -144,7 +150,7 @@ def evaluate(args: argparse.Namespace, checkpoint: Path, config: str, *, fixture
         "num_samples": args.num_samples,
         "reference": reference.info if reference is not None else None,
         "feature_extractor": "inception" if args.inception_weights else ("cifar10 classifier" if fixture else None),
-        "reported_by_the_paper": REPORTED_RESULTS.get(conversion.name),
+        "reported_by_the_paper": reported,
         "rows": rows,
         "likelihood": likelihood,
     }
