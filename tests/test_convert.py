@@ -339,6 +339,22 @@ def test_missing_keys_and_a_missing_ema(tmp_path):
         convert_score_sde_checkpoint({"state_dict": {"a": torch.zeros(1)}}, config)
 
 
+def test_cli_missing_keys_and_no_ema_write_nothing(tmp_path, capsys):
+    """The CLI never falls back to the raw weights: without an EMA it stops unless --raw-weights is given."""
+    checkpoint_path, config, _ = _fixture("vp_cifar10_ncsnpp_continuous")
+    checkpoint = load_score_sde_checkpoint(checkpoint_path)
+    no_ema = tmp_path / "no_ema.pth"
+    torch.save({"model": checkpoint["model"], "step": checkpoint.get("step", 0)}, no_ema)
+    assert "no EMA weights" in _run_cli(tmp_path, no_ema, config, capsys)
+    out = tmp_path / "raw"
+    assert cli_main(["convert", str(no_ema), "--config", str(config), "--output-dir", str(out), "--raw-weights"]) == 0
+    assert "raw training weights" in (out / "README.md").read_text()
+    broken = tmp_path / "broken.pth"
+    model = {k: v for k, v in checkpoint["model"].items() if "all_modules.5." not in k}
+    torch.save(dict(checkpoint, model=model), broken)
+    assert "missing all_modules.5.Conv2d_0.bias" in _run_cli(tmp_path, broken, config, capsys)
+
+
 class _NeedsCode:
     """A pickled object that only code can rebuild."""
 
