@@ -36,18 +36,12 @@ import torch
 from diffusers.utils import BaseOutput
 
 from .parameterization import check_prediction_type, make_score_fn
-from .sampling.ode import (
-    SamplerOutput,
-    _check_method,
-    _check_sample,
-    _check_time_span,
-    _check_tolerance,
-    _checked_score,
-    odeint,
-    solve_probability_flow,
-)
-from .scheduler_sde import SchedulerSDE
+from .sampling._common import SamplerOutput, check_time_span, checked_score
+from .sampling.ode import solve_probability_flow
+from .sampling.solver import check_method, check_sample, odeint
+from .scheduler_sde import SchedulerSDE, check_data_range
 from .sde import SDE, VESDE, ScoreFn
+from .validation import check_choice, check_int, check_number, check_positive
 
 __all__ = [
     "LikelihoodOutput",
@@ -214,7 +208,7 @@ def _augmented_fn(
     score_fn: ScoreFn, sde: SDE, shape: torch.Size, probes: torch.Tensor | None, exact_chunk_size: int
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """``func(t, y)`` of the augmented ODE on ``y = [flat x, delta]`` of shape ``(batch, D + 1)``."""
-    rsde = sde.reverse(lambda x_, t_: _checked_score(score_fn, x_, t_), probability_flow=True)
+    rsde = sde.reverse(lambda x_, t_: checked_score(score_fn, x_, t_), probability_flow=True)
     b, d = shape[0], math.prod(shape[1:])
     reduce_dims = tuple(range(1, len(shape)))
 
@@ -239,28 +233,11 @@ def _augmented_fn(
 # ---------------------------------------------------------------------------------------------------------
 # Data handling
 # ---------------------------------------------------------------------------------------------------------
-def _check_data_range(data_range: object) -> tuple[float, float]:
-    if (
-        not isinstance(data_range, (tuple, list))
-        or len(data_range) != 2
-        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in data_range)
-        or not data_range[0] < data_range[1]
-    ):
-        raise ValueError(f"data_range must be a pair (lo, hi) of finite numbers with lo < hi, got {data_range!r}")
-    return float(data_range[0]), float(data_range[1])
-
-
-def _check_levels(num_levels: object) -> int:
-    if not isinstance(num_levels, int) or isinstance(num_levels, bool) or num_levels < 2:
-        raise ValueError(f"num_levels must be an integer >= 2 (256 for 8-bit data), got {num_levels!r}")
-    return num_levels
-
-
 def dequantization_offset_bits(data_range: tuple[float, float] = (-1.0, 1.0), num_levels: int = 256) -> float:
     """``log2(num_levels / (hi - lo))``: bits per dimension to add to the continuous density of data rescaled
     from ``num_levels`` integer levels to ``[lo, hi]`` (8-bit data: 8 for ``[0, 1]``, 7 for ``[-1, 1]``)."""
-    lo, hi = _check_data_range(data_range)
-    return math.log2(_check_levels(num_levels) / (hi - lo))
+    lo, hi = check_data_range(data_range)
+    return math.log2(check_int("num_levels", num_levels, 2) / (hi - lo))
 
 
 def _quantize(x: torch.Tensor, lo: float, hi: float, num_levels: int) -> torch.Tensor:
@@ -342,7 +319,7 @@ def log_likelihood(
             random numbers for comparisons); overrides ``trace``'s draw. Not with ``num_dequant > 1``.
         rtol, atol (`float`, default 1e-5): solver tolerances (the reference values).
         eps (`float`, defaults to 1e-5): the ODE starts at ``t = eps``.
-        method (`str`, defaults to `"dopri5"`): see :func:`~sde_diffusers.sampling.ode.odeint`.
+        method (`str`, defaults to `"dopri5"`): see :func:`~sde_diffusers.sampling.solver.odeint`.
         step_control (`str`, defaults to `"per_sample"`): per-sample or batch-coupled (scipy-like) step sizes.
         num_steps (`int`, optional): steps of a fixed-step ``method``.
         dequantize (`bool`, defaults to `False`): uniform dequantization of data on ``num_levels`` levels.
@@ -363,26 +340,24 @@ def log_likelihood(
         :class:`LikelihoodOutput`.
     """
     # ---- validate everything before any work --------------------------------------------------------
-    x = _check_sample("x", x)
-    if trace not in TRACE_ESTIMATORS:
-        raise ValueError(f"trace must be one of {TRACE_ESTIMATORS}, got {trace!r}")
+    x = check_sample("x", x)
+    check_choice("trace", trace, TRACE_ESTIMATORS)
     for name, value in (
         ("num_probes", num_probes),
         ("num_dequant", num_dequant),
         ("exact_chunk_size", exact_chunk_size),
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    _check_tolerance("rtol", rtol)
-    _check_tolerance("atol", atol)
-    _check_method(method)
-    if step_control not in ("per_sample", "batch"):
-        raise ValueError(f"step_control must be 'per_sample' or 'batch', got {step_control!r}")
-    lo, hi = _check_data_range(data_range)
-    if offset_bits is None:
-        offset_bits = dequantization_offset_bits((lo, hi), num_levels)
-    elif not isinstance(offset_bits, (int, float)) or isinstance(offset_bits, bool) or not math.isfinite(offset_bits):
-        raise ValueError(f"offset_bits must be a finite number, got {offset_bits!r}")
+        check_int(name, value)
+    check_positive("rtol", rtol)
+    check_positive("atol", atol)
+    check_method(method)
+    check_choice("step_control", step_control, ("per_sample", "batch"))
+    lo, hi = check_data_range(data_range)
+    offset_bits = (
+        dequantization_offset_bits((lo, hi), num_levels)
+        if offset_bits is None
+        else check_number("offset_bits", offset_bits)
+    )
     if num_dequant > 1 and not dequantize:
         raise ValueError("num_dequant > 1 averages dequantization draws: set dequantize=True")
     if probes is not None:
@@ -402,8 +377,8 @@ def log_likelihood(
         time_input=time_input,
         model_kwargs=model_kwargs,
     )
-    eps = _check_time_span(sde, eps)
-    levels = _quantize(x, lo, hi, _check_levels(num_levels)) if dequantize else None
+    eps = check_time_span(sde, eps)
+    levels = _quantize(x, lo, hi, check_int("num_levels", num_levels, 2)) if dequantize else None
 
     # ---- solve ------------------------------------------------------------------------------------------
     shape, b, d = x.shape, x.shape[0], x[0].numel()
@@ -469,7 +444,7 @@ def _transport(
     model, sde, x, t_start_is_eps: bool, eps, method, rtol, atol, step_control, num_steps, return_dict, **kw
 ):
     score_fn, sde = resolve_score_fn(model, sde, **kw)
-    eps = _check_time_span(sde, eps)
+    eps = check_time_span(sde, eps)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_evaluation_mode(model))
         t0, t1 = (eps, sde.T) if t_start_is_eps else (sde.T, eps)
@@ -511,7 +486,7 @@ def encode(
     can be interpolated (e.g. spherically) and decoded. Arguments as in :func:`log_likelihood`.
 
     Returns:
-        :class:`~sde_diffusers.sampling.ode.SamplerOutput` (``sample`` is ``z``), or ``(z, nfe)``.
+        :class:`~sde_diffusers.sampling._common.SamplerOutput` (``sample`` is ``z``), or ``(z, nfe)``.
     """
     return _transport(
         model,
@@ -552,7 +527,7 @@ def decode(
     """Map latents ``z`` (at ``t = T``) back to data at ``t = eps``; the inverse of :func:`encode`.
 
     Returns:
-        :class:`~sde_diffusers.sampling.ode.SamplerOutput` (``sample`` is ``x``), or ``(x, nfe)``.
+        :class:`~sde_diffusers.sampling._common.SamplerOutput` (``sample`` is ``x``), or ``(x, nfe)``.
     """
     return _transport(
         model,

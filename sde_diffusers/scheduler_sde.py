@@ -29,6 +29,7 @@ and ``VPSDEScheduler.from_config(ddpm.config)`` keeps the discrete marginals.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -166,10 +167,10 @@ def check_data_range(data_range: object) -> tuple[float, float]:
     if (
         not isinstance(data_range, (tuple, list))
         or len(data_range) != 2
-        or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in data_range)
+        or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in data_range)
         or not float(data_range[0]) < float(data_range[1])
     ):
-        raise ValueError(f"`data_range` must be a pair (lo, hi) of numbers with lo < hi, got {data_range!r}")
+        raise ValueError(f"`data_range` must be a pair (lo, hi) of finite numbers with lo < hi, got {data_range!r}")
     return float(data_range[0]), float(data_range[1])
 
 

@@ -21,7 +21,19 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "ReverseSDE", "ScoreFn", "get_sde", "broadcast_to"]
+from .validation import check_int, check_positive
+
+__all__ = [
+    "SDE",
+    "VESDE",
+    "VPSDE",
+    "SubVPSDE",
+    "ReverseSDE",
+    "ScoreFn",
+    "get_sde",
+    "broadcast_to",
+    "reverse_coefficients",
+]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -31,11 +43,13 @@ def broadcast_to(coeff: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return coeff.reshape(coeff.shape + (1,) * (x.dim() - coeff.dim()))
 
 
-def _check_positive(name: str, value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite positive number, got {value}")
+def reverse_coefficients(
+    f: torch.Tensor, g: torch.Tensor, score: torch.Tensor, probability_flow: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reverse-time drift ``f - g^2 score`` and diffusion ``g`` (the probability-flow ODE: ``f - g^2 score / 2``
+    and 0), from a forward drift ``f`` (shape of ``score``) and diffusion ``g`` (shape ``(batch,)``)."""
+    drift = f - broadcast_to(g**2, score) * score * (0.5 if probability_flow else 1.0)
+    return drift, (torch.zeros_like(g) if probability_flow else g)
 
 
 class SDE(abc.ABC):
@@ -49,9 +63,7 @@ class SDE(abc.ABC):
     """
 
     def __init__(self, N: int) -> None:
-        if not isinstance(N, int) or isinstance(N, bool) or N < 1:
-            raise ValueError(f"N must be a positive integer, got {N!r}")
-        self.N = N
+        self.N = check_int("N", N)
 
     @property
     def T(self) -> float:
@@ -187,8 +199,8 @@ class VESDE(SDE):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:
         super().__init__(N)
-        _check_positive("sigma_min", sigma_min)
-        _check_positive("sigma_max", sigma_max)
+        check_positive("sigma_min", sigma_min)
+        check_positive("sigma_max", sigma_max)
         if sigma_max <= sigma_min:
             raise ValueError(f"sigma_max ({sigma_max}) must exceed sigma_min ({sigma_min})")
         self.sigma_min = float(sigma_min)
@@ -262,8 +274,8 @@ class _BetaSDE(SDE):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> None:
         super().__init__(N)
-        _check_positive("beta_min", beta_min)
-        _check_positive("beta_max", beta_max)
+        check_positive("beta_min", beta_min)
+        check_positive("beta_max", beta_max)
         if beta_max < beta_min:
             raise ValueError(f"beta_max ({beta_max}) must be >= beta_min ({beta_min})")
         self.beta_0 = float(beta_min)
@@ -418,11 +430,7 @@ class ReverseSDE:
         return self.forward.T
 
     def _combine(self, f, g, x, t):
-        score = self.score_fn(x, t)
-        weight = 0.5 if self.probability_flow else 1.0
-        drift = f - broadcast_to(g**2, x) * score * weight
-        diffusion = torch.zeros_like(g) if self.probability_flow else g
-        return drift, diffusion
+        return reverse_coefficients(f, g, self.score_fn(x, t), self.probability_flow)
 
     def sde(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Reverse drift and diffusion at ``(x, t)``."""

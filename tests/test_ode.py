@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from sde_diffusers.sampling import adaptive_sde, ode
+from sde_diffusers.sampling import adaptive_sde, solver
 from sde_diffusers.sampling.adaptive_sde import adaptive_sde_step, sample_adaptive_sde
 from sde_diffusers.sampling.ode import (
     ode_derivative,
@@ -131,23 +131,23 @@ def test_lagged_termination_flag_costs_one_evaluation(monkeypatch):
     y0 = torch.ones(5, 3, dtype=torch.float64)
     eager = odeint(linear_fn, y0, 0.0, 2.0, rtol=1e-6, atol=1e-6)
 
-    class Lagged(ode._FlagReader):
+    class Lagged(solver.FlagReader):
         def __init__(self, device, lagged=None):
             super().__init__(device, lagged=True)
 
-    eager_reader = ode._FlagReader
-    monkeypatch.setattr(ode, "_FlagReader", Lagged)
+    eager_reader = solver.FlagReader
+    monkeypatch.setattr(solver, "FlagReader", Lagged)
     lagged = odeint(linear_fn, y0, 0.0, 2.0, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(lagged.y, eager.y, rtol=0, atol=0)
     assert lagged.nfe == eager.nfe + 1
     torch.testing.assert_close(lagged.nfe_per_sample, eager.nfe_per_sample)
 
-    monkeypatch.setattr(adaptive_sde, "_FlagReader", Lagged)
+    monkeypatch.setattr(adaptive_sde, "FlagReader", Lagged)
     mix = GaussianMixture.gaussian(torch.zeros(8), 0.5)
     sde = VPSDE()
     kw = dict(shape=(4, 8), dtype=torch.float64, rtol=0.05)
     a = sample_adaptive_sde(mix.score_fn(sde), sde, generator=torch.Generator().manual_seed(0), **kw)
-    monkeypatch.setattr(adaptive_sde, "_FlagReader", eager_reader)
+    monkeypatch.setattr(adaptive_sde, "FlagReader", eager_reader)
     b = sample_adaptive_sde(mix.score_fn(sde), sde, generator=torch.Generator().manual_seed(0), **kw)
     torch.testing.assert_close(a.sample, b.sample, rtol=0, atol=0)
     assert a.nfe == b.nfe + 2

@@ -16,7 +16,6 @@ from diffusers import (
 )
 
 from sde_diffusers import ExactScoreModel, SubVPSDEScheduler, VESDEScheduler
-from sde_diffusers.parameterization import score_to_model_output
 from sde_diffusers.sampling.ode import sample_probability_flow_fixed
 from sde_diffusers.schedulers.scheduling_probability_flow import ProbabilityFlowScheduler
 from sde_diffusers.sde import VESDE, VPSDE, SubVPSDE
@@ -175,20 +174,27 @@ def test_timesteps_are_in_model_scale_and_repeat_for_heun():
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample", "score"])
 def test_prediction_types_give_the_same_step(prediction_type):
+    """The exact Gaussian score written in each prediction type by closed forms (x0 = Tweedie's, v = m eps - s x0,
+    not our inverse maps) gives the same Heun step."""
     sde = VPSDE()
     x = torch.randn(4, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    model = ExactScoreModel(MEANS, STD, sde_type="vp").double()
+    mean, var = torch.tensor(MEANS, dtype=torch.float64), STD**2
+
+    def output(ptype, t):
+        m, s = (c.reshape(-1, 1, 1, 1) for c in sde.marginal_coeffs(t))
+        score = -(x - m * mean) / (m**2 * var + s**2)
+        eps = -s * score
+        x0 = mean + m * var / (m**2 * var + s**2) * (x - m * mean)  # E[x0 | x_t] of a Gaussian
+        return {"score": score, "epsilon": eps, "sample": x0, "v_prediction": m * eps - s * x0}[ptype]
+
     steps = {}
     for ptype in ("epsilon", prediction_type):
         scheduler = ProbabilityFlowScheduler(prediction_type=ptype, solver="heun")
         scheduler.set_timesteps(5)
-        t_model = scheduler.timesteps[1]
-        t = torch.full((4,), float(scheduler.timesteps[0]) / 999, dtype=torch.float64)
-        score = model.mixture.score(x, t, sde)
-        scheduler.step(score_to_model_output(sde, score, x, t, ptype), scheduler.timesteps[0], x)
-        t2 = torch.full((4,), float(t_model) / 999, dtype=torch.float64)
-        score2 = model.mixture.score(x, t2, sde)
-        steps[ptype] = scheduler.step(score_to_model_output(sde, score2, x, t2, ptype), t_model, x).prev_sample
+        t1 = torch.full((4,), float(scheduler.timesteps[0]) / 999, dtype=torch.float64)
+        scheduler.step(output(ptype, t1), scheduler.timesteps[0], x)
+        t2 = torch.full((4,), float(scheduler.timesteps[1]) / 999, dtype=torch.float64)
+        steps[ptype] = scheduler.step(output(ptype, t2), scheduler.timesteps[1], x).prev_sample
     torch.testing.assert_close(steps["epsilon"], steps[prediction_type], rtol=1e-6, atol=1e-6)
 
 
@@ -204,11 +210,12 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_add_noise_uses_the_marginal():
     scheduler = ProbabilityFlowScheduler()
-    x0 = torch.ones(3, 1, 2, 2)
+    x0 = torch.ones(3, 1, 2, 2, dtype=torch.float64)
     noise = torch.full_like(x0, 2.0)
     out = scheduler.add_noise(x0, noise, torch.tensor([0.0, 499.5, 999.0]))
-    m, s = scheduler.sde.marginal_coeffs(torch.tensor([0.0, 0.5, 1.0]))
-    torch.testing.assert_close(out[:, 0, 0, 0], m + 2 * s)
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    integral = 0.1 * t + 0.5 * 19.9 * t**2  # the VP marginal, written out
+    torch.testing.assert_close(out[:, 0, 0, 0], torch.exp(-0.5 * integral) + 2 * (1 - torch.exp(-integral)).sqrt())
 
 
 def test_pred_original_sample_is_tweedie():

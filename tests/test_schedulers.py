@@ -156,29 +156,48 @@ def test_save_and_load_round_trip(cls, tmp_path):
     assert loaded.sde.config == s.sde.config
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample", "score"])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_prediction_types_give_the_same_step(prediction_type):
-    model = ExactScoreModel(MEANS, STD, sde_type="vp", prediction_type=prediction_type)
-    reference = ExactScoreModel(MEANS, STD, sde_type="vp", prediction_type="epsilon")
-    s1, s2 = VPSDEScheduler(prediction_type=prediction_type), VPSDEScheduler()
-    s1.set_timesteps(10)
-    s2.set_timesteps(10)
-    x = torch.randn(4, 1, 2, 2, dtype=torch.float64)
-    t = s1.timesteps[3]
-    s1._step_index = s2._step_index = 3
-    a = s1.step(model(x, t).sample, t, x, generator=torch.Generator().manual_seed(0))
-    b = s2.step(reference(x, t).sample, t, x, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(a.prev_sample, b.prev_sample)
-    torch.testing.assert_close(a.pred_original_sample, b.pred_original_sample)
+    """One network's output written in each prediction type with Diffusers' formulas (DDPMScheduler's x0 and
+    get_velocity, not our inverse maps) gives the same step and the same x0 as DDPMScheduler.step."""
+    ddpm = DDPMScheduler(clip_sample=False, prediction_type=prediction_type)
+    ddpm.set_timesteps(1000)
+    x = torch.randn(4, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    eps = torch.randn(4, 1, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    k = 700
+    alpha_bar = ddpm.alphas_cumprod[k].double()
+    x0 = (x - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+    output = {"epsilon": eps, "sample": x0, "v_prediction": ddpm.get_velocity(x0, eps, torch.tensor([k] * 4))}
+    steps = {}
+    for ptype in ("epsilon", prediction_type):
+        ours = VPSDEScheduler.from_config(DDPMScheduler(prediction_type=ptype).config, predictor="ancestral")
+        ours.set_timesteps(1000)
+        t = ours.timesteps[999 - k]
+        ours._step_index = 999 - k
+        steps[ptype] = ours.step(output[ptype], t, x, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(steps[prediction_type].prev_sample, steps["epsilon"].prev_sample, rtol=1e-5, atol=1e-6)
+    expected = ddpm.step(output[prediction_type], k, x).pred_original_sample
+    torch.testing.assert_close(steps[prediction_type].pred_original_sample, expected, rtol=1e-4, atol=1e-5)
 
 
 def test_add_noise_uses_the_marginal():
+    """Continuous VP: exp(-int beta / 2) x0 + sqrt(1 - exp(-int beta)) noise, written out; DDPM configs: exactly
+    DDPMScheduler.add_noise; VE: x0 + sigma noise."""
     s = VPSDEScheduler()
-    x0, noise = torch.randn(3, 1, 2, 2), torch.randn(3, 1, 2, 2)
+    x0, noise = torch.randn(3, 1, 2, 2, dtype=torch.float64), torch.randn(3, 1, 2, 2, dtype=torch.float64)
     timesteps = torch.tensor([10, 500, 999])
     out = s.add_noise(x0, noise, timesteps)
-    t = timesteps / 999
-    torch.testing.assert_close(out, s.sde.perturb(x0, noise, t.float()))
+    t = (timesteps / 999).double().reshape(3, 1, 1, 1)
+    integral = 0.1 * t + 0.5 * 19.9 * t**2
+    torch.testing.assert_close(out, torch.exp(-0.5 * integral) * x0 + (1 - torch.exp(-integral)).sqrt() * noise)
+    ddpm = DDPMScheduler()
+    discrete = VPSDEScheduler.from_config(ddpm.config)
+    expected = ddpm.add_noise(x0.float(), noise.float(), timesteps)
+    # DDPMScheduler's alphas_cumprod is a float32 cumprod (relative error ~1e-5 at k = 999); an off-by-one in k
+    # moves sqrt(1 - alpha_bar) by ~5% at k = 10
+    torch.testing.assert_close(
+        discrete.add_noise(x0.float(), noise.float(), timesteps), expected, rtol=1e-4, atol=1e-5
+    )
     ve = VESDEScheduler()
     out = ve.add_noise(x0, noise, torch.tensor(2.0))
     torch.testing.assert_close(out, x0 + 2.0 * noise)

@@ -171,7 +171,7 @@ def test_bad_input():
         sde.discretize(torch.zeros(2, 3), 0.5)
     with pytest.raises(ValueError, match="sigma_max"):
         VESDE(sigma_min=1.0, sigma_max=0.5)
-    with pytest.raises(ValueError, match="N must be"):
+    with pytest.raises(ValueError, match="`N` must be"):
         VPSDE(N=0)
     with pytest.raises(ValueError, match="beta_min"):
         SubVPSDE(beta_min=-1.0)

@@ -11,7 +11,7 @@ accepted step), the step is accepted when ``rms(E / delta) <= 1``, and the state
 (extrapolation). Either way the next step size is ``min(t - eps, safety * h * rms(E / delta)^(-exponent))``.
 Every sample has its own time, step size and acceptance, and the whole loop runs on the device (masks, no
 host reads per step; on CUDA the "all finished" flag is read one step late, which costs two discarded
-evaluations per solve, see :mod:`sde_diffusers.sampling.ode`). A final Tweedie denoising step is optional (on by
+evaluations per solve, see :mod:`sde_diffusers.sampling.solver`). A final Tweedie denoising step is optional (on by
 default, as in the paper).
 
 Defaults follow the paper for data in ``[-1, 1]``: ``atol = 0.0078``, ``rtol = 0.01`` (the authors' repository
@@ -27,22 +27,11 @@ import torch
 
 from ..parameterization import score_to_x0
 from ..sde import SDE, ScoreFn, broadcast_to
-from ._common import standard_normal_like
-from .ode import (
-    SamplerOutput,
-    _check_sample,
-    _check_time_span,
-    _check_tolerance,
-    _checked_score,
-    _FlagReader,
-    _raise_on,
-)
+from ..validation import check_int, check_positive
+from ._common import SamplerOutput, check_time_span, checked_score, standard_normal_like
+from .solver import FlagReader, check_sample, raise_on_flags, rms
 
 __all__ = ["sample_adaptive_sde", "adaptive_sde_step"]
-
-
-def _rms(v: torch.Tensor) -> torch.Tensor:
-    return v.reshape(v.shape[0], -1).pow(2).mean(dim=1).sqrt()
 
 
 def adaptive_sde_step(
@@ -82,7 +71,7 @@ def adaptive_sde_step(
     active = remaining > 0
     h = torch.minimum(h, remaining)
     last = h >= remaining
-    rsde = sde.reverse(lambda x_, t_: _checked_score(score_fn, x_, t_))
+    rsde = sde.reverse(lambda x_, t_: checked_score(score_fn, x_, t_))
     z = standard_normal_like(x, noise, generator)
     sqrt_h = broadcast_to(h.sqrt(), x)
 
@@ -95,7 +84,7 @@ def adaptive_sde_step(
     x_heun = x + 0.5 * (k1 + k2)
 
     delta = torch.maximum(torch.maximum(x_prev.abs(), x_em.abs()) * rtol, torch.full_like(x, atol))
-    ratio = _rms(0.5 * (k2 - k1) / delta)
+    ratio = rms(0.5 * (k2 - k1) / delta)
     accept = (ratio <= 1) & active
     mask = broadcast_to(accept, x)
     x = torch.where(mask, x_heun, x)
@@ -145,23 +134,20 @@ def sample_adaptive_sde(
         device, dtype: of the prior draw.
 
     Returns:
-        :class:`~sde_diffusers.sampling.ode.SamplerOutput` with the samples and the number of network
+        :class:`~sde_diffusers.sampling._common.SamplerOutput` with the samples and the number of network
         evaluations (two per attempted step, plus one for denoising).
     """
-    eps = _check_time_span(sde, eps)
-    rtol = _check_tolerance("rtol", rtol)
-    atol = _check_tolerance("atol", atol)
-    h_init = _check_tolerance("h_init", h_init)
-    safety = _check_tolerance("safety", safety)
-    exponent = _check_tolerance("exponent", exponent)
-    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 1:
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}")
+    eps = check_time_span(sde, eps)
+    rtol, atol = check_positive("rtol", rtol), check_positive("atol", atol)
+    h_init, safety = check_positive("h_init", h_init), check_positive("safety", safety)
+    exponent = check_positive("exponent", exponent)
+    check_int("max_steps", max_steps)
     if x is None:
         if shape is None:
             raise ValueError("pass either the prior sample x or its shape")
         first_gen = generator[0] if isinstance(generator, list) else generator
         x = sde.prior_sampling(tuple(shape), generator=first_gen, device=device, dtype=dtype)
-    x = _check_sample("x", x)
+    x = check_sample("x", x)
 
     b = x.shape[0]
     t = torch.full((b,), sde.T, dtype=x.dtype, device=x.device)
@@ -169,7 +155,7 @@ def sample_adaptive_sde(
     x_prev = x
     nfe = 0
     nfe_per = torch.zeros(b, dtype=torch.long, device=x.device)
-    flags = _FlagReader(x.device)
+    flags = FlagReader(x.device)
     finished = False
     min_step = 10 * torch.finfo(x.dtype).eps * sde.T  # below this, t - h == t in the state's precision
     for _ in range(max_steps):
@@ -195,7 +181,7 @@ def sample_adaptive_sde(
             # step moved nothing (every sample was inactive) and only its two evaluations are lost.
             ready = flags.read()
             if ready is not None:
-                _raise_on(ready, "sample_adaptive_sde")
+                raise_on_flags(ready, "sample_adaptive_sde")
                 if ready[0]:
                     finished = True
                     break
@@ -204,19 +190,19 @@ def sample_adaptive_sde(
         flags.post(~still.any(), ~(torch.isfinite(x).all() & torch.isfinite(h).all()), (still & (h < min_step)).any())
         if not flags.lagged:
             ready = flags.read()
-            _raise_on(ready, "sample_adaptive_sde")
+            raise_on_flags(ready, "sample_adaptive_sde")
             if ready[0]:
                 finished = True
                 break
     if not finished:
         ready = flags.read()
         if ready is not None:
-            _raise_on(ready, "sample_adaptive_sde")
+            raise_on_flags(ready, "sample_adaptive_sde")
         if ready is None or not ready[0]:
             raise RuntimeError(f"sample_adaptive_sde: not finished after max_steps={max_steps}; loosen rtol/atol")
     if denoise:
         t_eps = torch.full((b,), eps, dtype=x.dtype, device=x.device)
-        x = score_to_x0(sde, _checked_score(score_fn, x, t_eps), x, t_eps)
+        x = score_to_x0(sde, checked_score(score_fn, x, t_eps), x, t_eps)
         nfe += 1
         nfe_per += 1
     if not math.isfinite(float(x.abs().max())):

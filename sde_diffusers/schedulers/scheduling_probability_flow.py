@@ -5,23 +5,17 @@ from __future__ import annotations
 import torch
 from diffusers.configuration_utils import register_to_config
 
-from ..parameterization import check_prediction_type, check_time_input, model_output_to_score, score_to_x0
-from ..sampling.ode import (
-    ode_derivative,
-    ode_euler_step,
-    ode_heun_step,
-    probability_flow_times,
-    sigma_and_scale,
-)
-from ..scheduler_sde import DDPM_COMPATIBLES, beta_sde, check_data_range, translate_config
+from ..parameterization import model_output_to_score, score_to_x0
+from ..sampling.ode import probability_flow_euler_step, probability_flow_heun_step, time_grid
+from ..scheduler_sde import DDPM_COMPATIBLES, beta_sde, translate_config
 from ..sde import VESDE, get_sde
 from ..validation import check_choice, check_int, check_open_interval, check_positive
-from .scheduling_sde_common import SDESchedulerMixin, SDESchedulerOutput
+from .scheduling_sde_common import SPACINGS, SDESchedulerBase, SDESchedulerOutput
 
 __all__ = ["ProbabilityFlowScheduler"]
 
 
-class ProbabilityFlowScheduler(SDESchedulerMixin):
+class ProbabilityFlowScheduler(SDESchedulerBase):
     """Fixed-step Euler or Heun solver of the probability-flow ODE (Song et al., 2021) for Diffusers loops.
 
     The ODE shares every marginal with the SDE, so it samples the same distribution deterministically, with far
@@ -99,18 +93,11 @@ class ProbabilityFlowScheduler(SDESchedulerMixin):
         if prediction_type is None:
             prediction_type = "score" if sde_key == "ve" else "epsilon"
             self.register_to_config(prediction_type=prediction_type)
-        check_prediction_type(prediction_type)
-        check_time_input(self.sde, time_input)
-        # stored as a list, as the config reads back from JSON
-        self.register_to_config(data_range=list(check_data_range(data_range)))
+        self._check_common_config(prediction_type, time_input, data_range)
         check_choice("solver", solver, ("euler", "heun"))
-        check_choice("spacing", spacing, ("uniform", "karras"))
+        check_choice("spacing", spacing, SPACINGS)
         check_positive("rho", rho)
         check_open_interval("sampling_eps", sampling_eps, 0.0, self.sde.T)
-        self.timesteps = torch.empty(0)
-        self.num_inference_steps: int | None = None
-        self._kinds: list[str] | None = None
-        self._step_index = None
         self._heun_state: tuple[torch.Tensor, ...] | None = None
 
     @classmethod
@@ -139,22 +126,16 @@ class ProbabilityFlowScheduler(SDESchedulerMixin):
             device (`str` or `torch.device`, optional): where to put ``timesteps``.
         """
         n = check_int("num_inference_steps", num_inference_steps)
-        grid = probability_flow_times(
-            self.sde, n, spacing=self.config.spacing, eps=self.config.sampling_eps, rho=self.config.rho
-        )
+        grid = time_grid(self.sde, n, spacing=self.config.spacing, eps=self.config.sampling_eps, rho=self.config.rho)
+        following = torch.cat([grid[1:], grid.new_zeros(1)])  # the last step lands on the data (sigma = 0)
         if self.config.solver == "heun":
             # stage 1 at t_i, then stage 2 at t_{i+1}; the last step (to sigma = 0) has no second stage
             times = torch.cat([grid[:1], grid[1:].repeat_interleave(2)])
+            next_times = torch.cat([following[:1], torch.stack([grid[1:], following[1:]], 1).reshape(-1)])
             kinds = ["first"] + ["second", "first"] * (n - 1)
         else:
-            times, kinds = grid, ["first"] * n
-        self.num_inference_steps = n
-        self._kinds = kinds
-        self._times = times
-        self.timesteps = self.model_timesteps(times).to(device=device, dtype=torch.float32)
-        self._timesteps_host = self.timesteps.cpu()
-        self._times_cache: dict = {}
-        self._step_index = None
+            times, next_times, kinds = grid, following, ["first"] * n
+        self._set_schedule(times, next_times, kinds, n, device)
         self._heun_state = None
 
     def step(
@@ -177,36 +158,33 @@ class ProbabilityFlowScheduler(SDESchedulerMixin):
             **kwargs: ignored (``DDIMPipeline`` passes ``eta`` and ``use_clipped_model_output``).
 
         Returns:
-            :class:`SDESchedulerOutput` (``prev_sample_mean`` equals ``prev_sample``) or
+            :class:`SDESchedulerOutput` (``prev_sample_mean`` equals ``prev_sample``, ``noise_std`` is zero) or
             ``(prev_sample, prev_sample_mean)``.
         """
-        if getattr(self, "_kinds", None) is None:
-            raise ValueError("call set_timesteps(num_inference_steps) before step()")
         self._check_step_inputs(model_output, sample)
         index = self._resolve_index(timestep)
-        b = sample.shape[0]
-        t = self._time_at(index, sample).expand(b)
+        t = self._time_at(index, sample)
         score = model_output_to_score(
             self.sde, model_output, sample, t, self.config.prediction_type, self.config.time_input
         )
-        derivative = ode_derivative(self.sde, sample, t, score)
         if self._kinds[index] == "first":
-            sigma, scale = sigma_and_scale(self.sde, t)
-            if index + 1 < len(self._kinds):
-                sigma_next, scale_next = sigma_and_scale(self.sde, self._time_at(index + 1, sample).expand(b))
-            else:  # the last step lands on sigma = 0, where m = 1
-                sigma_next, scale_next = torch.zeros_like(sigma), torch.ones_like(scale)
-            prev_sample = ode_euler_step(sample, derivative, sigma, sigma_next, scale, scale_next)
-            if self.config.solver == "heun" and index + 1 < len(self._kinds):
-                self._heun_state = (sample, derivative, sigma, sigma_next, scale, scale_next)
+            t_next = self._time_at(index, sample, "next")
+            out = probability_flow_euler_step(self.sde, score, sample, t, t_next)
+            has_second_stage = self.config.solver == "heun" and index + 1 < len(self._kinds)
+            self._heun_state = (sample, score, t, t_next) if has_second_stage else None
         else:
             if self._heun_state is None:
                 raise ValueError("Heun's second stage needs the first: run the loop from the first timestep")
-            x, d, sigma, sigma_next, scale, scale_next = self._heun_state
-            prev_sample = ode_heun_step(x, d, derivative, sigma, sigma_next, scale, scale_next)
+            x, first_score, t_first, t_next = self._heun_state
+            out = probability_flow_heun_step(self.sde, first_score, x, t_first, t_next, score)
             self._heun_state = None
         self._step_index = index + 1
         x0 = score_to_x0(self.sde, score, sample, t, self.config.time_input)
         if not return_dict:
-            return prev_sample, prev_sample
-        return SDESchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_sample, pred_original_sample=x0)
+            return out.prev_sample, out.prev_sample
+        return SDESchedulerOutput(
+            prev_sample=out.prev_sample,
+            prev_sample_mean=out.prev_sample,
+            pred_original_sample=x0,
+            noise_std=out.noise_std,
+        )

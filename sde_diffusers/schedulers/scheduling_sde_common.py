@@ -1,7 +1,13 @@
-"""What every SDE scheduler shares: building the SDE from the config, the model-time scale, the step counter.
+"""What the SDE schedulers share.
 
-The schedulers are thin adapters: they keep the timestep grid and hand one model output at a time to the
-pure step functions of :mod:`sde_diffusers.sampling`. No formula lives here.
+* :class:`SDESchedulerBase`: the Diffusers interface every SDE scheduler has (model-time scale, training marginals,
+  ``add_noise``, ``get_velocity``, the timestep schedule and its step counter). ``ProbabilityFlowScheduler`` builds
+  on it.
+* :class:`SDESchedulerMixin`: the predictor–corrector method on top of it (VE, VP and sub-VP schedulers).
+
+The schedulers are thin adapters: they keep the timestep grid and hand one model output at a time (as a score) to
+the step kernels of :mod:`sde_diffusers.sampling`. No formula lives here; the config is validated once, in the
+constructor and ``set_timesteps``, never per step.
 """
 
 from __future__ import annotations
@@ -22,16 +28,24 @@ from ..parameterization import (
     score_to_x0,
     training_marginals,
 )
-from ..sampling import CORRECTORS, PREDICTORS
+from ..sampling import CORRECTOR_KERNELS, CORRECTORS, PREDICTOR_KERNELS, PREDICTORS, StepOutput, time_grid
 from ..scheduler_sde import DDPM_COMPATIBLES, check_data_range
 from ..sde import SDE, broadcast_to
 from ..validation import check_choice, check_int, check_open_interval, check_positive
 
 __all__ = [
     "SDESchedulerOutput",
+    "SDESchedulerBase",
     "SDESchedulerMixin",
     "DDPM_COMPATIBLES",
+    "SPACINGS",
+    "DISCRETIZATIONS",
 ]
+
+SPACINGS = ("uniform", "karras")
+#: ``"reference"``: on a uniform grid, the discrete chains of the reference implementation (SMLD, DDPM at index
+#: ``floor(t (n - 1))``); ``"exact"``: the exact transition between consecutive grid times (any grid).
+DISCRETIZATIONS = ("reference", "exact")
 
 
 @dataclass
@@ -45,19 +59,22 @@ class SDESchedulerOutput(BaseOutput):
             The step without its final noise injection (the denoised result on the last step).
         pred_original_sample (`torch.Tensor` of the same shape, optional):
             Tweedie's estimate ``E[x_0 | x_t]`` from this step's model output.
+        noise_std (`torch.Tensor` of shape `(batch,)`, optional):
+            Standard deviation of the Gaussian noise this step added, per sample: the step's transition density is
+            ``N(prev_sample_mean, noise_std^2 I)`` (zeros for a deterministic step and a denoised last step).
     """
 
     prev_sample: torch.Tensor
     prev_sample_mean: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
+    noise_std: torch.Tensor | None = None
 
 
-class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
-    """Timestep grid, step counter and model-output conversion shared by the SDE schedulers.
+class SDESchedulerBase(SchedulerMixin, ConfigMixin):
+    """The Diffusers interface shared by every SDE scheduler: time scales, marginals, the schedule's bookkeeping.
 
-    Subclasses set ``self.sde`` in ``__init__``. The default sub-step schedule is predictor–corrector; a
-    scheduler with another method overrides ``_sub_steps`` (the calls made at one grid time) and ``_apply``
-    (one call).
+    Subclasses set ``self.sde`` in ``__init__``, validate their config, and build the schedule in
+    ``set_timesteps`` with :meth:`_set_schedule`.
     """
 
     order = 1
@@ -91,10 +108,6 @@ class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
         """``(m, s)`` of the marginal the model was trained with at ``t`` (the discrete chain's for
         ``time_input="discrete_index"``, the SDE's otherwise); shape ``(batch,)`` each."""
         return training_marginals(self.sde, t, self.config.time_input)
-
-    def _per_sample_time(self, timesteps: torch.Tensor | float | int, like: torch.Tensor) -> torch.Tensor:
-        t = self.continuous_timesteps(timesteps).to(like.device, like.dtype)
-        return t.reshape(-1).expand(like.shape[0]) if t.numel() == 1 else t.reshape(-1)
 
     def get_velocity(
         self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor | float | int
@@ -131,125 +144,56 @@ class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
         m, s = (broadcast_to(c, original_samples) for c in self.marginal_coeffs(t))
         return m * original_samples + s * noise
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Build the grid ``linspace(T, sampling_eps, n)`` and the per-call schedule of sub-steps.
-
-        Args:
-            num_inference_steps (`int`): number of noise levels ``n``.
-            device (`str` or `torch.device`, optional): where to put ``timesteps``.
-        """
-        n = check_int("num_inference_steps", num_inference_steps)
-        grid = torch.linspace(self.sde.T, self.config.sampling_eps, n, dtype=torch.float64)
-        kinds: list[str] = []
-        times: list[float] = []
-        for t in grid.tolist():
-            for kind in self._sub_steps():
-                kinds.append(kind)
-                times.append(t)
-        self.num_inference_steps = n
-        self._kinds = kinds
-        self._times = torch.tensor(times, dtype=torch.float64)
-        self.timesteps = self.model_timesteps(self._times).to(device=device, dtype=torch.float32)
-        self._timesteps_host = self.timesteps.cpu()
-        self._times_cache: dict = {}
-        self._step_index: int | None = None
-
-    def step(
-        self,
-        model_output: torch.Tensor,
-        timestep: torch.Tensor | float | int,
-        sample: torch.Tensor,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        return_dict: bool = True,
-        **kwargs,
-    ) -> SDESchedulerOutput | tuple:
-        """Advance one sub-step (a corrector or a predictor step) with one model output.
-
-        Args:
-            model_output (`torch.Tensor`): the network output at ``(sample, timestep)``.
-            timestep (`torch.Tensor` or `float`): the current entry of ``timesteps``.
-            sample (`torch.Tensor`): the current sample.
-            generator (`torch.Generator` or a list of them, optional): noise source (a list: one per sample).
-            return_dict (`bool`, defaults to `True`): return an :class:`SDESchedulerOutput` or a tuple.
-            **kwargs: ignored (Diffusers' DDIM pipeline passes ``eta`` and ``use_clipped_model_output``).
-
-        Returns:
-            :class:`SDESchedulerOutput` or ``(prev_sample, prev_sample_mean)``.
-        """
-        if getattr(self, "_kinds", None) is None:
-            raise ValueError("call set_timesteps(num_inference_steps) before step()")
-        self._check_step_inputs(model_output, sample)
-        index = self._resolve_index(timestep)
-        t = self._time_at(index, sample).expand(sample.shape[0])
-        score = model_output_to_score(
-            self.sde, model_output, sample, t, self.config.prediction_type, self.config.time_input
-        )
-        prev_sample, prev_mean = self._apply(self._kinds[index], score, sample, t, generator)
-        self._step_index = index + 1
-        if self._step_index == len(self._kinds) and self.config.denoise_final:
-            prev_sample = prev_mean
-        x0 = score_to_x0(self.sde, score, sample, t, self.config.time_input)
-        if not return_dict:
-            return prev_sample, prev_mean
-        return SDESchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=x0)
-
     def __len__(self) -> int:
         return self.config.num_train_timesteps
 
-    # ---- the predictor-corrector schedule (a subclass with another method overrides these two) ------
-    def _sub_steps(self) -> list[str]:
-        """Kinds of the calls made at one grid time: ``k`` corrector steps, then the predictor."""
-        kinds = ["corrector"] * self.config.n_corrector_steps if self.config.corrector != "none" else []
-        return kinds + (["predictor"] if self.config.predictor != "none" else [])
+    # ---- bookkeeping ---------------------------------------------------------------------------------
+    def _per_sample_time(self, timesteps: torch.Tensor | float | int, like: torch.Tensor) -> torch.Tensor:
+        t = self.continuous_timesteps(timesteps).to(like.device, like.dtype)
+        return t.reshape(-1).expand(like.shape[0]) if t.numel() == 1 else t.reshape(-1)
 
-    def _apply(
-        self,
-        kind: str,
-        score: torch.Tensor,
-        sample: torch.Tensor,
-        t: torch.Tensor,
-        generator: torch.Generator | list[torch.Generator] | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        def score_fn(x: torch.Tensor, t_: torch.Tensor) -> torch.Tensor:
-            return score  # the step functions call it exactly once, at (sample, t)
-
-        n = self.num_inference_steps
-        if kind == "corrector":
-            extra = {"per_sample": self.config.langevin_per_sample} if self.config.corrector == "langevin" else {}
-            return CORRECTORS[self.config.corrector](
-                self.sde, score_fn, sample, t, snr=self.config.snr, num_steps=n, generator=generator, **extra
-            )
-        return PREDICTORS[self.config.predictor](self.sde, score_fn, sample, t, num_steps=n, generator=generator)
-
-    def _init_common(
-        self,
-        prediction_type: str,
-        sampling_eps: float,
-        predictor: str,
-        corrector: str,
-        snr: float,
-        n_corrector_steps: int,
-        time_input: str = "auto",
-        data_range: tuple[float, float] | list[float] = (-1.0, 1.0),
+    def _check_common_config(
+        self, prediction_type: str, time_input: str, data_range: tuple[float, float] | list[float]
     ) -> None:
-        """Validate the shared config before any work starts."""
         check_prediction_type(prediction_type)
         check_time_input(self.sde, time_input)
         # stored as a list, as the config reads back from JSON
         self.register_to_config(data_range=list(check_data_range(data_range)))
-        check_choice("predictor", predictor, (*PREDICTORS, "none"))
-        check_choice("corrector", corrector, (*CORRECTORS, "none"))
-        if predictor == "none" and corrector == "none":
-            raise ValueError("predictor and corrector cannot both be 'none'")
-        check_int("n_corrector_steps", n_corrector_steps)
-        check_positive("snr", snr)
-        check_open_interval("sampling_eps", sampling_eps, 0.0, self.sde.T)
         self.timesteps = torch.empty(0)
         self.num_inference_steps: int | None = None
         self._kinds: list[str] | None = None
+        self._step_index: int | None = None
+
+    def _set_schedule(
+        self,
+        times: torch.Tensor,
+        next_times: torch.Tensor,
+        kinds: list[str],
+        num_inference_steps: int,
+        device: str | torch.device | None,
+    ) -> None:
+        """Store a schedule: one entry per ``step`` call, its continuous time, the time it steps to and its kind."""
+        self.num_inference_steps = num_inference_steps
+        self._kinds = kinds
+        self._times = times.to(torch.float64)
+        self._next_times = next_times.to(torch.float64)
+        self.timesteps = self.model_timesteps(self._times).to(device=device, dtype=torch.float32)
+        self._timesteps_host = self.timesteps.cpu()
+        self._times_cache: dict = {}
         self._step_index = None
 
+    def _time_at(self, index: int, like: torch.Tensor, which: str = "times") -> torch.Tensor:
+        """Continuous time (``which="times"``) or next time (``"next"``) of entry ``index``, shape ``(batch,)``,
+        cached on the sample's device (no host copy per step)."""
+        key = (which, like.device, like.dtype)
+        if key not in self._times_cache:
+            source = self._times if which == "times" else self._next_times
+            self._times_cache[key] = source.to(device=like.device, dtype=like.dtype)
+        return self._times_cache[key][index].expand(like.shape[0])
+
     def _check_step_inputs(self, model_output: torch.Tensor, sample: torch.Tensor) -> None:
+        if getattr(self, "_kinds", None) is None:
+            raise ValueError("call set_timesteps(num_inference_steps) before step()")
         for name, value in (("model_output", model_output), ("sample", sample)):
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
@@ -257,20 +201,9 @@ class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
                 raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
         if sample.dim() < 2:
             raise ValueError(f"sample must have a batch dimension, got shape {tuple(sample.shape)}")
-        if model_output.shape != sample.shape:
-            raise ValueError(
-                f"model_output has shape {tuple(model_output.shape)} but sample has {tuple(sample.shape)}"
-            )
-
-    def _time_at(self, index: int, like: torch.Tensor) -> torch.Tensor:
-        """Continuous time of entry ``index``, cached on the sample's device (no host copy per step)."""
-        key = (like.device, like.dtype)
-        if key not in self._times_cache:
-            self._times_cache[key] = self._times.to(device=like.device, dtype=like.dtype)
-        return self._times_cache[key][index]
 
     def _resolve_index(self, timestep: torch.Tensor | float | int) -> int:
-        """Position in the sub-step schedule: the running counter, checked against ``timestep``.
+        """Position in the schedule: the running counter, checked against ``timestep``.
 
         A timestep on an accelerator is not read back (that would synchronise every step); the counter is
         trusted once the first call has located the start.
@@ -296,3 +229,136 @@ class SDESchedulerMixin(SchedulerMixin, ConfigMixin):
         if abs(expected - value) > 1e-5 * max(1.0, abs(expected)):
             raise ValueError(f"step() expected timestep {expected} (entry {index} of timesteps), got {value}")
         return index
+
+
+class SDESchedulerMixin(SDESchedulerBase):
+    """The predictor–corrector sampler over a grid of times (VE, VP, sub-VP schedulers).
+
+    With a corrector on, each grid time appears ``n_corrector_steps + 1`` times in ``timesteps``: the first calls of
+    ``step`` there run the corrector, the last the predictor, so a plain ``for t in scheduler.timesteps`` loop with
+    one model call per step runs the whole PC sampler. The grid is ``spacing="uniform"`` in ``t`` from ``T`` to
+    ``sampling_eps`` (to 0, the chain's first level, for ``time_input="discrete_index"``) or ``"karras"`` (uniform in
+    ``sigma^(1 / rho)``, ``sigma = s / m``). ``discretization="reference"`` takes, on the uniform grid, the discrete
+    chains of the reference implementation (at ``n = N`` exactly the chain a discrete model was trained on);
+    otherwise every step is the exact transition to the next grid time (:mod:`sde_diffusers.sampling.predictors`).
+    """
+
+    # ---- the predictor-corrector schedule ----------------------------------------------------------
+    def _init_common(
+        self,
+        prediction_type: str,
+        sampling_eps: float,
+        predictor: str,
+        corrector: str,
+        snr: float,
+        n_corrector_steps: int,
+        time_input: str = "auto",
+        data_range: tuple[float, float] | list[float] = (-1.0, 1.0),
+        spacing: str = "uniform",
+        rho: float = 7.0,
+        discretization: str = "reference",
+    ) -> None:
+        """Validate the shared config before any work starts."""
+        self._check_common_config(prediction_type, time_input, data_range)
+        check_choice("predictor", predictor, (*PREDICTORS, "none"))
+        check_choice("corrector", corrector, (*CORRECTORS, "none"))
+        if predictor == "none" and corrector == "none":
+            raise ValueError("predictor and corrector cannot both be 'none'")
+        check_int("n_corrector_steps", n_corrector_steps)
+        check_positive("snr", snr)
+        check_open_interval("sampling_eps", sampling_eps, 0.0, self.sde.T)
+        check_choice("spacing", spacing, SPACINGS)
+        check_positive("rho", rho)
+        check_choice("discretization", discretization, DISCRETIZATIONS)
+
+    def _sub_steps(self) -> list[str]:
+        """Kinds of the calls made at one grid time: ``k`` corrector steps, then the predictor."""
+        kinds = ["corrector"] * self.config.n_corrector_steps if self.config.corrector != "none" else []
+        return kinds + (["predictor"] if self.config.predictor != "none" else [])
+
+    def _grid(self, n: int) -> torch.Tensor:
+        """The ``n`` distinct grid times, decreasing from ``T`` (float64)."""
+        if self.config.spacing == "uniform":
+            # A model trained on the discrete chain has a level at t = 0 (timestep 0, DDPMScheduler's last).
+            end = 0.0 if self.config.time_input == "discrete_index" else self.config.sampling_eps
+            return torch.linspace(self.sde.T, end, n, dtype=torch.float64)
+        return time_grid(self.sde, n, spacing="karras", eps=self.config.sampling_eps, rho=self.config.rho)
+
+    @property
+    def _reference_chain(self) -> bool:
+        return self.config.spacing == "uniform" and self.config.discretization == "reference"
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Build the grid of ``n`` times and the per-call schedule of sub-steps.
+
+        Args:
+            num_inference_steps (`int`): number of noise levels ``n``.
+            device (`str` or `torch.device`, optional): where to put ``timesteps``.
+        """
+        n = check_int("num_inference_steps", num_inference_steps)
+        self._set_grid_schedule(n, self._sub_steps(), device)
+
+    def _set_grid_schedule(self, n: int, sub_steps: list[str], device: str | torch.device | None) -> None:
+        grid = self._grid(n)
+        following = torch.cat([grid[1:], grid.new_zeros(1)])  # the last step goes to t = 0
+        k = len(sub_steps)
+        self._set_schedule(grid.repeat_interleave(k), following.repeat_interleave(k), sub_steps * n, n, device)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+        **kwargs,
+    ) -> SDESchedulerOutput | tuple:
+        """Advance one sub-step (a corrector or a predictor step) with one model output.
+
+        Args:
+            model_output (`torch.Tensor`): the network output at ``(sample, timestep)``.
+            timestep (`torch.Tensor` or `float`): the current entry of ``timesteps``.
+            sample (`torch.Tensor`): the current sample.
+            generator (`torch.Generator` or a list of them, optional): noise source (a list: one per sample).
+            return_dict (`bool`, defaults to `True`): return an :class:`SDESchedulerOutput` or a tuple.
+            **kwargs: ignored (Diffusers' DDIM pipeline passes ``eta`` and ``use_clipped_model_output``).
+
+        Returns:
+            :class:`SDESchedulerOutput` or ``(prev_sample, prev_sample_mean)``.
+        """
+        self._check_step_inputs(model_output, sample)
+        index = self._resolve_index(timestep)
+        t = self._time_at(index, sample)
+        score = model_output_to_score(
+            self.sde, model_output, sample, t, self.config.prediction_type, self.config.time_input
+        )
+        out = self._apply(self._kinds[index], score, sample, t, self._time_at(index, sample, "next"), generator)
+        prev_sample, prev_mean, noise_std = out.prev_sample, out.prev_sample_mean, out.noise_std
+        self._step_index = index + 1
+        if self._step_index == len(self._kinds) and self.config.denoise_final:
+            prev_sample, noise_std = prev_mean, torch.zeros_like(noise_std)
+        x0 = score_to_x0(self.sde, score, sample, t, self.config.time_input)
+        if not return_dict:
+            return prev_sample, prev_mean
+        return SDESchedulerOutput(
+            prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=x0, noise_std=noise_std
+        )
+
+    def _apply(
+        self,
+        kind: str,
+        score: torch.Tensor,
+        sample: torch.Tensor,
+        t: torch.Tensor,
+        t_next: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> StepOutput:
+        """One corrector or predictor step from ``t`` (towards ``t_next``) with the checked-once kernels."""
+        # The reference chain is a step of the uniform n-level grid; anything else goes to the next grid time.
+        t_to, n = (None, self.num_inference_steps) if self._reference_chain else (t_next, None)
+        if kind == "corrector":
+            kernel = CORRECTOR_KERNELS[self.config.corrector]
+            return kernel(
+                self.sde, score, sample, t, t_to, n, None, generator, self.config.snr, self.config.langevin_per_sample
+            )
+        return PREDICTOR_KERNELS[self.config.predictor](self.sde, score, sample, t, t_to, n, None, generator)

@@ -36,9 +36,18 @@ class VPSDEScheduler(SDESchedulerMixin):
             training), `"discrete_index"` (same timesteps, trained on the discrete DDPM chain: the model output is
             read against ``alphas_cumprod``) or `"t"`.
         data_range (`tuple[float, float]`, defaults to `(-1.0, 1.0)`): the data range of the model.
+        spacing (`str`, defaults to `"uniform"`): `"uniform"` in ``t`` or `"karras"` (uniform in ``sigma^(1 / rho)``,
+            ``sigma = s / m``).
+        rho (`float`, defaults to 7.0): exponent of the Karras spacing.
+        discretization (`str`, defaults to `"reference"`): `"reference"`: on the uniform grid the DDPM chain of the
+            reference implementation, ``beta_i = beta(i / (n - 1)) / n`` (at ``n = N`` exactly ``DDPMScheduler``'s
+            betas; the exact transition where ``beta_max / n >= 1``); `"exact"`: the exact transition
+            ``1 - exp(-int beta)`` to the next grid time (always so on a Karras grid).
 
     ``from_config`` of a DDPM-family config (``DDPMScheduler``, ``DDIMScheduler``, ...) sets
-    ``time_input="discrete_index"`` for VP: those models were trained on the discrete chain.
+    ``time_input="discrete_index"`` for VP: those models were trained on the discrete chain, and the uniform grid then
+    ends at the chain's first level (timestep 0), so at ``n = N`` the timesteps are ``DDPMScheduler``'s and the
+    ancestral predictor is DDPM's update (with its ``fixed_large`` variance ``beta_i``).
     """
 
     _compatibles = DDPM_COMPATIBLES + ["ScoreSdeVpScheduler"]
@@ -61,10 +70,23 @@ class VPSDEScheduler(SDESchedulerMixin):
         denoise_final: bool = True,
         time_input: str = "auto",
         data_range: tuple[float, float] = (-1.0, 1.0),
+        spacing: str = "uniform",
+        rho: float = 7.0,
+        discretization: str = "reference",
     ) -> None:
         self.sde = beta_sde(self._sde_class, num_train_timesteps, beta_start, beta_end, beta_schedule)
         self._init_common(
-            prediction_type, sampling_eps, predictor, corrector, snr, n_corrector_steps, time_input, data_range
+            prediction_type,
+            sampling_eps,
+            predictor,
+            corrector,
+            snr,
+            n_corrector_steps,
+            time_input,
+            data_range,
+            spacing,
+            rho,
+            discretization,
         )
 
     @classmethod
