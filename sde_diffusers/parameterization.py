@@ -31,6 +31,7 @@ from collections.abc import Callable
 import torch
 
 from .sde import SDE, VESDE, VPSDE, ScoreFn, broadcast_to
+from .validation import check_choice
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -52,15 +53,12 @@ TIME_INPUTS = ("auto", "sigma", "index", "t", "discrete_index", "reversed_index"
 
 def check_prediction_type(prediction_type: str) -> str:
     """Return ``prediction_type`` or raise a ``ValueError`` naming the accepted values."""
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
-    return prediction_type
+    return check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
 
 
 def check_time_input(sde: SDE, time_input: str) -> str:
     """The concrete time input (``"auto"`` resolved) for ``sde``; raises ``ValueError`` if it does not fit the SDE."""
-    if time_input not in TIME_INPUTS:
-        raise ValueError(f"time_input must be one of {TIME_INPUTS}, got {time_input!r}")
+    check_choice("time_input", time_input, TIME_INPUTS)
     is_ve = isinstance(sde, VESDE)
     if time_input == "auto":
         return "sigma" if is_ve else "index"

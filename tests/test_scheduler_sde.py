@@ -209,7 +209,7 @@ def test_time_inputs_closed_forms():
         model_time(vp, t, "reversed_index")
     with pytest.raises(ValueError, match="needs a VPSDE"):
         model_time(ve, t, "discrete_index")
-    with pytest.raises(ValueError, match="time_input must be one of"):
+    with pytest.raises(ValueError, match="`time_input` must be one of"):
         model_time(vp, t, "seconds")
 
 

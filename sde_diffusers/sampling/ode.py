@@ -23,7 +23,7 @@ import torch
 
 from ..parameterization import score_to_x0
 from ..sde import SDE, VESDE, ScoreFn, broadcast_to
-from ..validation import check_choice, check_int, check_positive
+from ..validation import check_choice, check_int, check_number, check_positive
 from ._common import SamplerOutput, StepOutput, check_time_span, checked_score
 from .solver import (
     ADAPTIVE_METHODS,
@@ -95,9 +95,7 @@ def solve_probability_flow(
         :class:`SamplerOutput` with the state at ``t_end`` and the number of score evaluations.
     """
     check_sample("x", x)
-    for name, value in (("t_start", t_start), ("t_end", t_end)):
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= sde.T:
-            raise ValueError(f"{name} must lie in [0, {sde.T}], got {value!r}")
+    t_start, t_end = check_number("t_start", t_start, 0.0, sde.T), check_number("t_end", t_end, 0.0, sde.T)
     sol = odeint(
         probability_flow_fn(sde, score_fn),
         x,

@@ -14,6 +14,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..corruption import CorruptionSchedule, fit_wasserstein_schedule
 from ..sampling.soft import SOFT_SAMPLERS
+from ..validation import check_choice, check_int, check_positive
 
 __all__ = ["SoftDiffusionScheduler", "SoftDiffusionSchedulerOutput"]
 
@@ -34,12 +35,6 @@ class SoftDiffusionSchedulerOutput(BaseOutput):
 
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor
-
-
-def _int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 class SoftDiffusionScheduler(SchedulerMixin, ConfigMixin):
@@ -117,19 +112,13 @@ class SoftDiffusionScheduler(SchedulerMixin, ConfigMixin):
         prior_mean: Sequence[float] | None = None,
         prior_cov: Sequence[Sequence[float]] | None = None,
     ) -> None:
-        n = _int("num_train_timesteps", num_train_timesteps, 2)
-        if sampler not in SOFT_SAMPLERS:
-            raise ValueError(f"sampler must be one of {tuple(SOFT_SAMPLERS)}, got {sampler!r}")
+        n = check_int("num_train_timesteps", num_train_timesteps, 2)
+        check_choice("sampler", sampler, tuple(SOFT_SAMPLERS))
         if prediction_type != "sample":
             raise ValueError(
                 f"prediction_type must be 'sample' (Soft Diffusion networks predict x_0), got {prediction_type!r}"
             )
-        if (
-            isinstance(clip_sample_range, bool)
-            or not isinstance(clip_sample_range, (int, float))
-            or not clip_sample_range > 0
-        ):
-            raise ValueError(f"clip_sample_range must be a positive number, got {clip_sample_range!r}")
+        check_positive("clip_sample_range", clip_sample_range)
         size = tuple(image_size) if isinstance(image_size, (list, tuple)) else image_size
         if (blur_sigmas is None) != (noise_stds is None):
             raise ValueError("blur_sigmas and noise_stds must be given together (an explicit level table)")
@@ -256,7 +245,7 @@ class SoftDiffusionScheduler(SchedulerMixin, ConfigMixin):
             num_inference_steps (`int`): number of network evaluations, ``1 <= n <= num_train_timesteps``.
             device (`str` or `torch.device`, optional): where to put ``timesteps`` (int64).
         """
-        n = _int("num_inference_steps", num_inference_steps, 1)
+        n = check_int("num_inference_steps", num_inference_steps)
         big_n = self.config.num_train_timesteps
         if n > big_n:
             raise ValueError(f"num_inference_steps ({n}) must be <= num_train_timesteps ({big_n})")
@@ -318,7 +307,7 @@ class SoftDiffusionScheduler(SchedulerMixin, ConfigMixin):
         """
         if not isinstance(shape, (tuple, list, torch.Size)) or len(shape) != 4:
             raise ValueError(f"shape must be (batch, channels, height, width), got {shape!r}")
-        batch, channels = _int("shape[0]", shape[0], 1), _int("shape[1]", shape[1], 1)
+        batch, channels = check_int("shape[0]", shape[0]), check_int("shape[1]", shape[1])
         if dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
         image_size = self.corruption.image_size
