@@ -75,7 +75,7 @@ def _run(step, model: GaussianImages, n_steps: int, batch: int, seed: int) -> to
     times = torch.linspace(1.0, 0.0, n_steps + 1, dtype=F64)
     for i in range(n_steps):
         t, t_next = times[i].expand(batch), times[i + 1].expand(batch)
-        x = step(model.schedule, model.posterior_mean(x, t), x, t, t_next, generator=g)
+        x = step(model.schedule, model.posterior_mean(x, t), x, t, t_next, generator=g).prev_sample
     return x
 
 
@@ -111,12 +111,27 @@ def test_steps_match_their_formulas(schedule):
     naive = c_next + s_next * eta
     deterministic = c_next + (s_next / s) * (x - c_now)
     torch.testing.assert_close(
-        soft_momentum_step(schedule, x0_hat, x, t, t_next, noise=eta), momentum, atol=1e-13, rtol=0
+        soft_momentum_step(schedule, x0_hat, x, t, t_next, noise=eta).prev_sample, momentum, atol=1e-13, rtol=0
     )
-    torch.testing.assert_close(soft_naive_step(schedule, x0_hat, x, t, t_next, noise=eta), naive, atol=1e-13, rtol=0)
     torch.testing.assert_close(
-        soft_deterministic_step(schedule, x0_hat, x, t, t_next, noise=eta), deterministic, atol=1e-13, rtol=0
+        soft_naive_step(schedule, x0_hat, x, t, t_next, noise=eta).prev_sample, naive, atol=1e-13, rtol=0
     )
+    torch.testing.assert_close(
+        soft_deterministic_step(schedule, x0_hat, x, t, t_next, noise=eta).prev_sample,
+        deterministic,
+        atol=1e-13,
+        rtol=0,
+    )
+    # the step contract: the noise each step added, per sample (its transition density's std)
+    noise_stds = {
+        "momentum": torch.sqrt(s**2 - s_next**2).reshape(-1),
+        "naive": s_next.reshape(-1),
+        "deterministic": torch.zeros(len(t), dtype=F64),
+    }
+    for name, expected in noise_stds.items():
+        out = SOFT_SAMPLERS[name](schedule, x0_hat, x, t, t_next, noise=eta)
+        torch.testing.assert_close(out.noise_std, expected, atol=1e-13, rtol=0)
+        torch.testing.assert_close(out.prev_sample - out.prev_sample_mean, expected[:, None, None, None] * eta)
     assert set(SOFT_SAMPLERS) == {"momentum", "naive", "deterministic"}
 
 
@@ -128,22 +143,24 @@ def test_momentum_without_noise_change_is_cold_diffusion_and_deterministic_step_
     x0_hat = torch.randn(2, 1, 8, 8, generator=g, dtype=F64)
     t, t_next = torch.full((2,), 0.8, dtype=F64), torch.full((2,), 0.3, dtype=F64)
     cold = x + sch.blur(x0_hat, t_next) - sch.blur(x0_hat, t)
-    torch.testing.assert_close(soft_momentum_step(sch, x0_hat, x, t, t_next, generator=g), cold, atol=1e-13, rtol=0)
+    torch.testing.assert_close(
+        soft_momentum_step(sch, x0_hat, x, t, t_next, generator=g).prev_sample, cold, atol=1e-13, rtol=0
+    )
     # Single-image data (x0_hat exact): the deterministic step maps x_t onto x_t' with the same noise.
     sch = CorruptionSchedule.default(8, num_levels=100)
     x0 = torch.rand(2, 3, 8, 8, generator=g, dtype=F64)
     eta = torch.randn(2, 3, 8, 8, generator=g, dtype=F64)
     x_t = sch.corrupt(x0, t, eta)
     torch.testing.assert_close(
-        soft_deterministic_step(sch, x0, x_t, t, t_next), sch.corrupt(x0, t_next, eta), atol=1e-13, rtol=0
+        soft_deterministic_step(sch, x0, x_t, t, t_next).prev_sample, sch.corrupt(x0, t_next, eta), atol=1e-13, rtol=0
     )
 
 
 def test_steps_reproducible_and_generators_per_sample(schedule):
     x = torch.randn(2, 1, 8, 8)
     t, t_next = torch.full((2,), 0.6), torch.full((2,), 0.4)
-    a = soft_momentum_step(schedule, x, x, t, t_next, generator=[torch.Generator().manual_seed(i) for i in (3, 4)])
-    b = soft_momentum_step(schedule, x, x, t, t_next, generator=[torch.Generator().manual_seed(i) for i in (3, 9)])
+    a = soft_momentum_step(schedule, x, x, t, t_next, generator=[torch.Generator().manual_seed(i) for i in (3, 4)])[0]
+    b = soft_momentum_step(schedule, x, x, t, t_next, generator=[torch.Generator().manual_seed(i) for i in (3, 9)])[0]
     torch.testing.assert_close(a[0], b[0])
     assert not torch.allclose(a[1], b[1])
     assert a.dtype == torch.float32
@@ -331,7 +348,7 @@ def test_scheduler_loop_matches_step_functions_and_ends_with_the_clean_estimate(
         torch.testing.assert_close(out.pred_original_sample, x0_hat)
         if i + 1 < len(sch.timesteps):
             t_next = sch.continuous_time(sch.timesteps[i + 1]).expand(16)
-            ref = soft_momentum_step(sch.corruption, model.posterior_mean(ref, t), ref, t, t_next, generator=g2)
+            ref = soft_momentum_step(sch.corruption, model.posterior_mean(ref, t), ref, t, t_next, generator=g2)[0]
             torch.testing.assert_close(out.prev_sample, ref, atol=1e-12, rtol=0)
         else:
             torch.testing.assert_close(out.prev_sample, x0_hat)  # final: the clean estimate
@@ -354,7 +371,7 @@ def test_scheduler_uses_configured_sampler(sampler):
     torch.testing.assert_close(out.pred_original_sample, clipped)
     t = torch.full((2,), float(sch.timesteps[1]) / 19)
     t_next = torch.full((2,), float(sch.timesteps[2]) / 19)
-    ref = SOFT_SAMPLERS[sampler](sch.corruption, clipped, x, t, t_next, generator=torch.Generator().manual_seed(0))
+    ref = SOFT_SAMPLERS[sampler](sch.corruption, clipped, x, t, t_next, generator=torch.Generator().manual_seed(0))[0]
     torch.testing.assert_close(out.prev_sample, ref, atol=1e-6, rtol=0)
 
 

@@ -4,7 +4,11 @@ The corruption is ``x_t = C_t x_0 + s_t * eta`` (:class:`~sde_diffusers.corrupti
 Each step moves a sample from time ``t`` to an earlier time ``t_next`` given the network's estimate
 ``x0_hat = E[x_0 | x_t]``. They share the signature
 
-    ``step(corruption, x0_hat, x, t, t_next, *, noise=None, generator=None) -> x_next``
+    ``step(corruption, x0_hat, x, t, t_next, *, noise=None, generator=None) -> StepOutput``
+
+the step contract of :mod:`sde_diffusers.sampling._common` with the corruption in place of the SDE and the
+clean-image estimate in place of the score: the result unpacks as ``(x_next, x_next_mean)`` and carries the
+per-sample ``noise_std`` of the fresh noise it added (``x_next = x_next_mean + noise_std * eta``).
 
 * ``corruption``: the schedule; any object with ``blur(x, t) -> C_t x`` and ``noise_std(t) -> s_t``.
 * ``x0_hat``: the clean-image estimate at ``(x, t)``, shape ``(batch, channels, H, W)``.
@@ -37,7 +41,7 @@ from typing import Protocol
 import torch
 
 from ..sde import broadcast_to
-from ._common import check_state, standard_normal_like
+from ._common import StepOutput, check_state, standard_normal_like
 
 __all__ = ["soft_momentum_step", "soft_naive_step", "soft_deterministic_step", "SOFT_SAMPLERS", "Corruption"]
 
@@ -75,6 +79,11 @@ def _prepare(
     )
 
 
+def _per_sample(std: torch.Tensor) -> torch.Tensor:
+    """A noise level broadcast like the sample, back to shape ``(batch,)``."""
+    return std.reshape(std.shape[0], -1)[:, 0]
+
+
 def soft_momentum_step(
     corruption: Corruption,
     x0_hat: torch.Tensor,
@@ -90,13 +99,14 @@ def soft_momentum_step(
     Args: see the module docstring.
 
     Returns:
-        `torch.Tensor` like ``x``: the sample at ``t_next``.
+        :class:`~sde_diffusers.sampling.StepOutput`: the sample at ``t_next``, its noise-free part and the noise std.
     """
     blur_now, blur_next, s, s_next = _prepare(corruption, x0_hat, x, t, t_next)
     eta = standard_normal_like(x, noise, generator)
     # clamp: s' <= s holds for a monotone schedule; rounding must not turn 0 into a NaN.
     fresh = torch.sqrt((s**2 - s_next**2).clamp_min(0.0))
-    return blur_next + (s_next**2 / s**2) * (x - blur_now) + fresh * eta
+    mean = blur_next + (s_next**2 / s**2) * (x - blur_now)
+    return StepOutput(mean + fresh * eta, mean, _per_sample(fresh))
 
 
 def soft_naive_step(
@@ -114,11 +124,11 @@ def soft_naive_step(
     Args: see the module docstring.
 
     Returns:
-        `torch.Tensor` like ``x``: the sample at ``t_next``.
+        :class:`~sde_diffusers.sampling.StepOutput`: the sample at ``t_next``, its noise-free part and the noise std.
     """
     _, blur_next, _, s_next = _prepare(corruption, x0_hat, x, t, t_next)
     eta = standard_normal_like(x, noise, generator)
-    return blur_next + s_next * eta
+    return StepOutput(blur_next + s_next * eta, blur_next, _per_sample(s_next))
 
 
 def soft_deterministic_step(
@@ -137,10 +147,10 @@ def soft_deterministic_step(
         ignored.
 
     Returns:
-        `torch.Tensor` like ``x``: the sample at ``t_next``.
+        :class:`~sde_diffusers.sampling.StepOutput`: the sample at ``t_next``, its noise-free part and the noise std.
     """
     blur_now, blur_next, s, s_next = _prepare(corruption, x0_hat, x, t, t_next)
-    return blur_next + (s_next / s) * (x - blur_now)
+    return StepOutput.deterministic(blur_next + (s_next / s) * (x - blur_now))
 
 
 SOFT_SAMPLERS = {

@@ -411,7 +411,7 @@ class SoftDiffusionScheduler(SchedulerMixin, ConfigMixin):
             t_next = self.continuous_time(self.timesteps[index + 1]).to(device=sample.device, dtype=sample.dtype)
             prev = SOFT_SAMPLERS[self.config.sampler](
                 self.corruption, x0_hat, sample, t, t_next.expand(batch), generator=generator
-            )
+            ).prev_sample
         if not return_dict:
             return prev, x0_hat
         return SoftDiffusionSchedulerOutput(prev_sample=prev, pred_original_sample=x0_hat)
