@@ -24,12 +24,13 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
 
     The mask follows Diffusers' convention: white (1) marks the pixels to repaint, black (0) the pixels to keep.
     The kept pixels of the result equal the input exactly. ``method`` chooses how the sampler is conditioned (see
-    :mod:`~sde_diffusers.pipelines.pipeline_score_sde_inverse`): ``"replacement"`` is the paper's method;
-    ``"guidance"`` (the default) adds the Tweedie likelihood gradient to the score and draws the modes of the
-    missing region with far more accurate weights when the known pixels are ambiguous; ``"guidance+replacement"``
-    does both; ``"smc"`` runs ``num_particles`` weighted particles per image (twisted sequential Monte Carlo), whose
-    result converges to the exact posterior of the sampler's chain as the particle count grows, at
-    ``num_particles`` times the cost.
+    :mod:`~sde_diffusers.pipelines.pipeline_score_sde_inverse`): ``"replacement"`` is the paper's method and the
+    default (the only one never worse than it on every problem of ``benchmarks/conditional_accuracy.py``; adaptive
+    solvers take ``"guidance"``); ``"guidance"`` adds the Tweedie likelihood gradient to the score and usually draws
+    the modes of the missing region with far more accurate weights when the known pixels are ambiguous, but can
+    commit to the wrong mode when they lie in the far tails of the modes; ``"guidance+replacement"`` does both;
+    ``"smc"`` runs ``num_particles`` weighted particles per image (twisted sequential Monte Carlo), the most accurate
+    mode weights when the twist is sound, at ``num_particles`` times the cost (see the README's table).
 
     Args:
         unet: the score network (see [`ScoreSdePipelineBase`]).
@@ -45,6 +46,8 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
     ```
     """
 
+    default_method = "replacement"
+
     @torch.no_grad()
     def __call__(
         self,
@@ -55,7 +58,7 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        method: str = "guidance",
+        method: str | None = None,
         guidance_scale: float = 1.0,
         guidance_variance: float | str = "jacobian",
         num_particles: int | None = None,
@@ -83,8 +86,9 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
             generator (`torch.Generator` or a list of them, *optional*): randomness; a list gives one per sample.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (see [`ScoreSdePipeline`]).
             return_dict (`bool`, defaults to `True`): return a [`ScoreSdePipelineOutput`] instead of a tuple.
-            method (`str`, defaults to `"guidance"`): `"replacement"` (the paper's), `"guidance"`,
-                `"guidance+replacement"` or `"smc"` (see the module docs of `pipeline_score_sde_inverse`).
+            method (`str`, *optional*): `"replacement"` (the paper's; the default with the scheduler), `"guidance"`
+                (the default with an adaptive `sampler`), `"guidance+replacement"` or `"smc"` (see the module docs of
+                `pipeline_score_sde_inverse`).
             guidance_scale (`float`, defaults to 1.0): weight of the likelihood gradient (guidance methods); with
                 `"smc"` it scales the proposal's guidance along the unobserved directions (the weights correct any
                 value).
@@ -116,6 +120,7 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
             sampler,
             sampler_options,
         )
+        method = self.resolve_method(method, sampler)
         self.check_method_inputs(method, guidance_scale, guidance_variance, sampler)
         particles = self.check_smc_inputs(method, num_particles, guidance_variance)
         pixels = images_to_tensor(image, "image")

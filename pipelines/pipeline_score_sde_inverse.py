@@ -189,6 +189,17 @@ class ObservationGuidance(ScoreTerm):
 class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
     """Base of the inpainting and colorization pipelines: builds the conditioning for a :class:`LinearObservation`."""
 
+    #: ``method`` when the call gives none and samples with the scheduler; each pipeline sets its own, from
+    #: ``benchmarks/conditional_accuracy.py`` (the cheapest method never worse than replacement on any problem there).
+    default_method: str = "replacement"
+
+    def resolve_method(self, method: str | None, sampler: str = "scheduler") -> str:
+        """``method``, or for ``None`` the default of this measurement: :attr:`default_method` with the scheduler,
+        ``"guidance"`` with an adaptive solver (the only method those take)."""
+        if method is not None:
+            return method
+        return self.default_method if sampler == "scheduler" else "guidance"
+
     @staticmethod
     def check_method_inputs(
         method: object, guidance_scale: object, guidance_variance: object, sampler: str = "scheduler"

@@ -31,10 +31,11 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
     """``--method``, ``--guidance-scale``, ``--guidance-variance`` and ``--num-particles`` (inpaint and colorize)."""
     parser.add_argument(
         "--method",
-        default="guidance",
+        default=None,
         choices=["replacement", "guidance", "guidance+replacement", "smc"],
-        help="conditioning: the paper's replacement, Tweedie likelihood guidance (default), both, or 'smc' "
-        "(weighted particles; converges to the exact posterior as --num-particles grows, at that many times the cost)",
+        help="conditioning: the paper's replacement (inpaint's default), Tweedie likelihood guidance (colorize's "
+        "default, and the only one for adaptive samplers), both, or 'smc' (weighted particles, --num-particles "
+        "times the cost; see the README for which to use when)",
     )
     parser.add_argument("--guidance-scale", type=float, default=1.0)
     parser.add_argument(
