@@ -22,15 +22,15 @@ class ScoreSdeInpaintPipeline(ScoreSdeInverseProblemPipeline):
     r"""
     Fill the masked pixels of an image with samples from the score model's conditional distribution.
 
-    The mask follows Diffusers' convention: white (1) marks the pixels to repaint, black (0) the pixels to keep.
-    The kept pixels of the result equal the input exactly. ``method`` chooses how the sampler is conditioned (see
+    The mask follows Diffusers' convention: white (1) marks the pixels to repaint, black (0) the pixels to keep. The
+    kept pixels of the result equal the input exactly. ``method`` chooses how the sampler is conditioned (see
     :mod:`~sde_diffusers.pipelines.pipeline_score_sde_inverse`): ``"replacement"`` is the paper's method and the
-    default (the only one never worse than it on every problem of ``benchmarks/conditional_accuracy.py``; adaptive
-    solvers take ``"guidance"``); ``"guidance"`` adds the Tweedie likelihood gradient to the score and usually draws
-    the modes of the missing region with far more accurate weights when the known pixels are ambiguous, but can
-    commit to the wrong mode when they lie in the far tails of the modes; ``"guidance+replacement"`` does both;
-    ``"smc"`` runs ``num_particles`` weighted particles per image (twisted sequential Monte Carlo), the most accurate
-    mode weights when the twist is sound, at ``num_particles`` times the cost (see the README's table).
+    default (every other method is worse than it on some problem of ``benchmarks/conditional_accuracy.py``;
+    adaptive solvers take ``"guidance"``); ``"guidance"`` adds the Tweedie likelihood gradient to the score and
+    usually draws the modes of the missing region with far more accurate weights when the known pixels are ambiguous,
+    but can commit to the wrong mode when they lie in the far tails of the modes; ``"guidance+replacement"`` does
+    both; ``"smc"`` runs ``num_particles`` weighted particles per image (twisted sequential Monte Carlo), the most
+    accurate mode weights when the twist is sound, at ``num_particles`` times the cost (see the README's table).
 
     Args:
         unet: the score network (see [`ScoreSdePipelineBase`]).

@@ -175,9 +175,9 @@ def test_colorization_of_gaussian_pixels_matches_the_exact_conditional(scheduler
 
 @pytest.mark.parametrize("problem", ["inpaint-even-prior", "colorize-even-prior"])
 def test_default_method_per_measurement(problem):
-    """Inpainting defaults to replacement and colorization to guidance (benchmarks/conditional_accuracy.py: the
-    cheapest methods never worse than replacement there); adaptive solvers default to guidance, the only method
-    they take. The default gives the very images of the named method, and not those of the other one."""
+    """Inpainting and colorization default to replacement (benchmarks/conditional_accuracy.py: every other method is
+    worse than it on some problem); adaptive solvers default to guidance, the only method they take. The default
+    gives the very images of the named method, and not those of guidance."""
     means, stds, weights, image, mask, _ = PROBLEMS[problem]()
     model = ExactScoreModel(means.tolist(), stds.tolist(), weights, sde_type="vp", prediction_type="epsilon")
     cls = ScoreSdeColorizationPipeline if mask is None else ScoreSdeInpaintPipeline
@@ -189,11 +189,9 @@ def test_default_method_per_measurement(problem):
         generator = torch.Generator().manual_seed(3)
         return pipe(*args, batch_size=4, num_inference_steps=8, output_type="pt", generator=generator, **kwargs).images
 
-    expected = "guidance" if mask is None else "replacement"
-    other = "replacement" if mask is None else "guidance"
-    assert pipe.default_method == expected
+    assert pipe.default_method == "replacement"
     default = sample()
-    torch.testing.assert_close(default, sample(method=expected), rtol=0, atol=0)
-    assert not torch.equal(default, sample(method=other))
+    torch.testing.assert_close(default, sample(method="replacement"), rtol=0, atol=0)
+    assert not torch.equal(default, sample(method="guidance"))
     adaptive = {"sampler": "adaptive_ode", "sampler_options": {"rtol": 1e-2, "atol": 1e-2}}
     torch.testing.assert_close(sample(**adaptive), sample(method="guidance", **adaptive), rtol=0, atol=0)

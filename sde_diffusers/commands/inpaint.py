@@ -33,9 +33,9 @@ def add_method_arguments(parser: argparse.ArgumentParser) -> None:
         "--method",
         default=None,
         choices=["replacement", "guidance", "guidance+replacement", "smc"],
-        help="conditioning: the paper's replacement (inpaint's default), Tweedie likelihood guidance (colorize's "
-        "default, and the only one for adaptive samplers), both, or 'smc' (weighted particles, --num-particles "
-        "times the cost; see the README for which to use when)",
+        help="conditioning: the paper's replacement (default), Tweedie likelihood guidance (the default and only "
+        "choice for adaptive samplers), both, or 'smc' (weighted particles, --num-particles times the cost; see the "
+        "README for which to use when)",
     )
     parser.add_argument("--guidance-scale", type=float, default=1.0)
     parser.add_argument(
