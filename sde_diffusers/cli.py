@@ -51,7 +51,8 @@ def _user_error(err: BaseException) -> bool:
 
 def _one_line(message: str) -> str:
     text = " ".join(part.strip() for part in message.strip().splitlines() if part.strip())
-    return text[5:].lstrip() if text.lower().startswith("error:") else text
+    prefix = "error:"
+    return text[len(prefix) :].lstrip() if text.lower().startswith(prefix) else text
 
 
 def _report(message: str) -> None:

@@ -61,6 +61,8 @@ def refused(argv: list[str], pattern: str, capsys) -> str:
     assert main(argv) == 2
     captured = capsys.readouterr()
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    # one prefix, whether or not the raised message carried its own "error:"
+    assert not captured.err[len("error: ") :].lstrip().lower().startswith((":", "error")), captured.err
     assert pattern in captured.err, captured.err
     return captured.err
 

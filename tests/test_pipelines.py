@@ -745,6 +745,12 @@ def test_cli_sample_inpaint_colorize(tmp_path, capsys, monkeypatch):
     )
     coloured = [np.asarray(PIL.Image.open(p), dtype=np.float64) for p in sorted((tmp_path / "c").iterdir())]
     assert len(coloured) == 3 and all(np.abs(c.mean(-1) - np.asarray(image)).max() <= 0.5 + 1e-9 for c in coloured)
+    colorize_smc = ["colorize", str(colour_model), "--image", str(tmp_path / "image.png"), *common]
+    assert (
+        cli_main([*colorize_smc, "--output-dir", str(tmp_path / "cs"), "--method", "smc", "--num-particles", "2"]) == 0
+    )
+    coloured = [np.asarray(PIL.Image.open(p), dtype=np.float64) for p in sorted((tmp_path / "cs").iterdir())]
+    assert len(coloured) == 3 and all(np.abs(c.mean(-1) - np.asarray(image)).max() <= 0.5 + 1e-9 for c in coloured)
     # Image i depends on seed + i only, not on the batch size.
     assert (
         cli_main(
