@@ -153,6 +153,21 @@ def test_lagged_termination_flag_costs_one_evaluation(monkeypatch):
     assert a.nfe == b.nfe + 2
 
 
+@pytest.mark.parametrize("lagged", [False, True])
+def test_running_out_of_steps_is_an_error_not_a_silent_partial_result(monkeypatch, lagged):
+    class Reader(solver.FlagReader):
+        def __init__(self, device, lagged_=None):
+            super().__init__(device, lagged=lagged)
+
+    monkeypatch.setattr(solver, "FlagReader", Reader)
+    monkeypatch.setattr(adaptive_sde, "FlagReader", Reader)
+    with pytest.raises(RuntimeError, match=r"odeint: not finished after max_steps=3 steps"):
+        odeint(linear_fn, torch.ones(5, 3, dtype=torch.float64), 0.0, 2.0, rtol=1e-9, atol=1e-9, max_steps=3)
+    mix = GaussianMixture.gaussian(torch.zeros(4), 0.5)
+    with pytest.raises(RuntimeError, match=r"sample_adaptive_sde: not finished after max_steps=2"):
+        sample_adaptive_sde(mix.score_fn(VPSDE()), VPSDE(), shape=(2, 4), dtype=torch.float64, max_steps=2)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_solve_does_not_synchronise_per_step():
     """On CUDA the controller never reads device values: only the input check synchronises, not the steps."""

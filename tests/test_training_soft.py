@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from training_helpers import one_thread, tiny_config  # noqa: F401  (one_thread: a fixture)
 
 from sde_diffusers.training import (
     TrainingConfig,
@@ -29,35 +30,13 @@ from sde_diffusers.training.trainer import Trainer
 UNET = "unet/diffusion_pytorch_model.safetensors"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(output_dir, **overrides) -> TrainingConfig:
-    values = dict(
-        dataset_name="digits",
-        corruption="blur",
-        model_preset="ddpmpp-tiny",
-        train_batch_size=16,
-        max_train_steps=4,
-        learning_rate=2e-3,
-        lr_warmup_steps=2,
-        ema_decay=0.99,
-        output_dir=str(output_dir),
-        report_to="none",
-        progress_bar=False,
-        checkpointing_steps=0,
-        save_final_checkpoint=False,
-        logging_steps=2,
-        num_sample_images=4,
-        num_inference_steps=5,
-    )
+    values = dict(corruption="blur", learning_rate=2e-3, num_inference_steps=5)
     values.update(overrides)
-    return TrainingConfig(**values)
+    return tiny_config(output_dir, **values)
 
 
 def assert_same(a: dict, b: dict) -> None:

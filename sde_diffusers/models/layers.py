@@ -327,7 +327,46 @@ def sinusoidal_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 
 
 
 # ---- residual and attention blocks -------------------------------------------------------------------
-class ResnetBlockBigGAN(nn.Module):
+class _ResidualBlock(nn.Module):
+    """The residual block both networks share; subclasses choose the shortcut and may resample inside."""
+
+    def _build(
+        self,
+        in_ch: int,
+        out_ch: int,
+        temb_dim: int | None,
+        dropout: float,
+        skip_rescale: bool,
+        init_scale: float,
+        max_groups: int,
+        min_group_channels: int,
+        shortcut: bool,
+    ) -> None:
+        self.skip_rescale = skip_rescale
+        self.norm_0 = group_norm(in_ch, max_groups, min_group_channels)
+        self.conv_0 = conv3x3(in_ch, out_ch)
+        self.temb_proj = linear(temb_dim, out_ch) if temb_dim is not None else None
+        self.norm_1 = group_norm(out_ch, max_groups, min_group_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.conv_1 = conv3x3(out_ch, out_ch, init_scale=init_scale)
+        self.shortcut = conv1x1(in_ch, out_ch) if shortcut else None
+
+    def _resample(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
+        h = F.silu(self.norm_0(x))
+        h, x = self._resample(h), self._resample(x)
+        h = self.conv_0(h)
+        if temb is not None and self.temb_proj is not None:
+            h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv_1(self.dropout(F.silu(self.norm_1(h))))
+        if self.shortcut is not None:
+            x = self.shortcut(x)
+        return (x + h) / _SQRT2 if self.skip_rescale else x + h
+
+
+class ResnetBlockBigGAN(_ResidualBlock):
     """BigGAN-style residual block with optional up/downsampling inside the block (NCSN++ / DDPM++).
 
     ``GN -> act -> [resample] -> conv3x3 -> + Dense(act(temb)) -> GN -> act -> dropout -> conv3x3``,
@@ -352,14 +391,11 @@ class ResnetBlockBigGAN(nn.Module):
     ) -> None:
         super().__init__()
         out_ch = out_ch or in_ch
-        self.up, self.down, self.fir, self.skip_rescale = up, down, fir, skip_rescale
-        self.norm_0 = group_norm(in_ch, max_groups, min_group_channels)
-        self.conv_0 = conv3x3(in_ch, out_ch)
-        self.temb_proj = linear(temb_dim, out_ch) if temb_dim is not None else None
-        self.norm_1 = group_norm(out_ch, max_groups, min_group_channels)
-        self.dropout = nn.Dropout(dropout)
-        self.conv_1 = conv3x3(out_ch, out_ch, init_scale=init_scale)
-        self.shortcut = conv1x1(in_ch, out_ch) if (in_ch != out_ch or up or down) else None
+        self.up, self.down, self.fir = up, down, fir
+        shortcut = in_ch != out_ch or up or down
+        self._build(
+            in_ch, out_ch, temb_dim, dropout, skip_rescale, init_scale, max_groups, min_group_channels, shortcut
+        )
         if fir:
             self.register_buffer("fir_filter", fir_kernel_2d(fir_kernel), persistent=False)
 
@@ -370,19 +406,8 @@ class ResnetBlockBigGAN(nn.Module):
             return fir_downsample_2d(x, self.fir_filter) if self.fir else F.avg_pool2d(x, 2, stride=2)
         return x
 
-    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        h = F.silu(self.norm_0(x))
-        h, x = self._resample(h), self._resample(x)
-        h = self.conv_0(h)
-        if temb is not None and self.temb_proj is not None:
-            h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv_1(self.dropout(F.silu(self.norm_1(h))))
-        if self.shortcut is not None:
-            x = self.shortcut(x)
-        return (x + h) / _SQRT2 if self.skip_rescale else x + h
 
-
-class ResnetBlockDDPM(nn.Module):
+class ResnetBlockDDPM(_ResidualBlock):
     """DDPM residual block (no resampling); 1x1 shortcut when channels change; optional ``1/sqrt(2)``."""
 
     def __init__(
@@ -398,23 +423,9 @@ class ResnetBlockDDPM(nn.Module):
     ) -> None:
         super().__init__()
         out_ch = out_ch or in_ch
-        self.skip_rescale = skip_rescale
-        self.norm_0 = group_norm(in_ch, max_groups, min_group_channels)
-        self.conv_0 = conv3x3(in_ch, out_ch)
-        self.temb_proj = linear(temb_dim, out_ch) if temb_dim is not None else None
-        self.norm_1 = group_norm(out_ch, max_groups, min_group_channels)
-        self.dropout = nn.Dropout(dropout)
-        self.conv_1 = conv3x3(out_ch, out_ch, init_scale=init_scale)
-        self.shortcut = conv1x1(in_ch, out_ch) if in_ch != out_ch else None
-
-    def forward(self, x: torch.Tensor, temb: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.conv_0(F.silu(self.norm_0(x)))
-        if temb is not None and self.temb_proj is not None:
-            h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv_1(self.dropout(F.silu(self.norm_1(h))))
-        if self.shortcut is not None:
-            x = self.shortcut(x)
-        return (x + h) / _SQRT2 if self.skip_rescale else x + h
+        self._build(
+            in_ch, out_ch, temb_dim, dropout, skip_rescale, init_scale, max_groups, min_group_channels, in_ch != out_ch
+        )
 
 
 class AttentionBlock(nn.Module):

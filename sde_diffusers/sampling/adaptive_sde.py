@@ -29,7 +29,7 @@ from ..parameterization import score_to_x0
 from ..sde import SDE, ScoreFn, broadcast_to
 from ..validation import check_int, check_positive
 from ._common import SamplerOutput, check_time_span, checked_score, standard_normal_like
-from .solver import FlagReader, check_sample, raise_on_flags, rms
+from .solver import FlagReader, check_sample, rms
 
 __all__ = ["sample_adaptive_sde", "adaptive_sde_step"]
 
@@ -176,30 +176,19 @@ def sample_adaptive_sde(
         )
         nfe += 2
         nfe_per += 2 * active
-        if flags.lagged:
-            # The previous step's flags, read while this step's work is queued: if they say "finished", this
-            # step moved nothing (every sample was inactive) and only its two evaluations are lost.
-            ready = flags.read()
-            if ready is not None:
-                raise_on_flags(ready, "sample_adaptive_sde")
-                if ready[0]:
-                    finished = True
-                    break
+        # The previous step's flags, read while this step's work is queued: if they say "finished", this step
+        # moved nothing (every sample was inactive) and only its two evaluations are lost.
+        if flags.lagged and flags.finished("sample_adaptive_sde"):
+            finished = True
+            break
         still = t > eps
         # a NaN score leaves x untouched (the step is rejected) but makes h NaN: flag both
         flags.post(~still.any(), ~(torch.isfinite(x).all() & torch.isfinite(h).all()), (still & (h < min_step)).any())
-        if not flags.lagged:
-            ready = flags.read()
-            raise_on_flags(ready, "sample_adaptive_sde")
-            if ready[0]:
-                finished = True
-                break
+        if not flags.lagged and flags.finished("sample_adaptive_sde"):
+            finished = True
+            break
     if not finished:
-        ready = flags.read()
-        if ready is not None:
-            raise_on_flags(ready, "sample_adaptive_sde")
-        if ready is None or not ready[0]:
-            raise RuntimeError(f"sample_adaptive_sde: not finished after max_steps={max_steps}; loosen rtol/atol")
+        flags.require_finished("sample_adaptive_sde", f"max_steps={max_steps}; loosen rtol/atol")
     if denoise:
         t_eps = torch.full((b,), eps, dtype=x.dtype, device=x.device)
         x = score_to_x0(sde, checked_score(score_fn, x, t_eps), x, t_eps)

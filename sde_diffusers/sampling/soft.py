@@ -93,7 +93,7 @@ def soft_momentum_step(
     *,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
-) -> torch.Tensor:
+) -> StepOutput:
     """Momentum Sampler step: ``C' x0_hat + (s'^2 / s^2)(x - C x0_hat) + sqrt(s^2 - s'^2) * eta``.
 
     Args: see the module docstring.
@@ -118,7 +118,7 @@ def soft_naive_step(
     *,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
-) -> torch.Tensor:
+) -> StepOutput:
     """Naive step: ``C' x0_hat + s' * eta`` (re-corrupt the estimate; does not converge, for comparison).
 
     Args: see the module docstring.
@@ -140,7 +140,7 @@ def soft_deterministic_step(
     *,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
-) -> torch.Tensor:
+) -> StepOutput:
     """Deterministic step: ``C' x0_hat + (s' / s)(x - C x0_hat)`` (DDIM-like, no fresh noise).
 
     Args: see the module docstring; ``noise`` and ``generator`` are accepted for a uniform signature and

@@ -189,6 +189,19 @@ class FlagReader:
         self._pending = None
         return flags
 
+    def finished(self, what: str) -> bool:
+        """Read the pending flags, if any: raise on a failure; True when every sample has finished."""
+        ready = self.read()
+        if ready is None:
+            return False
+        raise_on_flags(ready, what)
+        return bool(ready[0])
+
+    def require_finished(self, what: str, advice: str) -> None:
+        """After the last allowed step: the flags still pending must say finished."""
+        if not self.finished(what):
+            raise RuntimeError(f"{what}: not finished after {advice}")
+
 
 def raise_on_flags(flags: list[int], what: str) -> None:
     if flags[1]:
@@ -381,13 +394,10 @@ def _odeint_adaptive(func, y0, t0, t1, tab: _Tableau, rtol, atol, batch, first_s
             ks.append(func((t + tab.c[i] * hs).to(y.dtype), _combine(y, hy, tab.a[i], ks)))
             nfe += 1
             nfe_per += active
-            if i == 1 and flags.lagged:
-                ready = flags.read()  # the previous step's flags; the device is busy with this evaluation
-                if ready is not None:
-                    raise_on_flags(ready, "odeint")
-                    if ready[0]:
-                        finished = True
-                        break
+            # the previous step's flags, read while the device is busy with this evaluation
+            if i == 1 and flags.lagged and flags.finished("odeint"):
+                finished = True
+                break
         if finished:
             break
         # FSAL: the last stage was evaluated at the 5th/3rd-order solution.
@@ -418,18 +428,9 @@ def _odeint_adaptive(func, y0, t0, t1, tab: _Tableau, rtol, atol, batch, first_s
         bad = ~torch.isfinite(ratio).all()
         failed = (still & (h < min_step)).any()
         flags.post(~still.any(), bad, failed)
-        if not flags.lagged:
-            ready = flags.read()
-            raise_on_flags(ready, "odeint")
-            if ready[0]:
-                finished = True
-                break
+        if not flags.lagged and flags.finished("odeint"):
+            finished = True
+            break
     if not finished:
-        ready = flags.read()
-        if ready is None or not ready[0]:
-            if ready is not None:
-                raise_on_flags(ready, "odeint")
-            raise RuntimeError(
-                f"odeint: not finished after max_steps={max_steps} steps; loosen rtol/atol or raise max_steps"
-            )
+        flags.require_finished("odeint", f"max_steps={max_steps} steps; loosen rtol/atol or raise max_steps")
     return ODESolution(y=y, nfe=nfe, nfe_per_sample=nfe_per, num_steps=n_acc, num_rejected=n_rej)

@@ -1,0 +1,40 @@
+"""What the training tests share: one-thread runs and the smallest useful configuration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sde_diffusers.training import TrainingConfig
+
+
+@pytest.fixture
+def one_thread():
+    # Bitwise comparisons with subprocess runs (OMP_NUM_THREADS=1) need the same reduction order.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(output_dir, **overrides) -> TrainingConfig:
+    """Four steps of a tiny DDPM++ on the digits, no checkpoints, four sample images; ``overrides`` win."""
+    values = dict(
+        dataset_name="digits",
+        model_preset="ddpmpp-tiny",
+        train_batch_size=16,
+        max_train_steps=4,
+        learning_rate=1e-3,
+        lr_warmup_steps=2,
+        ema_decay=0.99,
+        output_dir=str(output_dir),
+        report_to="none",
+        progress_bar=False,
+        checkpointing_steps=0,
+        save_final_checkpoint=False,
+        logging_steps=2,
+        num_sample_images=4,
+        num_inference_steps=3,
+    )
+    values.update(overrides)
+    return TrainingConfig(**values)
