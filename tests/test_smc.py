@@ -302,3 +302,48 @@ def test_cli_inpaint_and_colorize_with_smc(tmp_path, capsys):
     # A user's mistake: exit status 2 and a one-line message naming the argument.
     assert cli_main([*args, "--output-dir", str(tmp_path / "bad"), "--method", "smc", "--num-particles", "0"]) == 2
     assert "num_particles" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Closed-form posterior: bias against the chain's own error (benchmarks/smc_diagnostics.py measures more)
+# ---------------------------------------------------------------------------------------------------------
+def test_smc_matches_the_closed_form_gaussian_posterior_mean_and_covariance():
+    """Gaussian pixels N(mu, diag(0.05, 0.15, 0.3)^2), grey level observed 2.2 prior standard deviations from its
+    prior mean: colour given grey is Gaussian, mean ``mu + S q (y - q.mu) / q.S.q``, covariance
+    ``S - S q q^T S / q.S.q``. With 8 particles per output the sampled mean and per-channel standard deviation must
+    match it; a wrong weight (a factor 2 or a sign in the proposal ratio or the twist) moves them well past the
+    tolerances. VE reverse diffusion with 100 steps is itself within ~5% of the exact standard deviations here."""
+    mu = torch.tensor([0.3, -0.1, -0.2], dtype=torch.float64)
+    sd = torch.tensor([0.05, 0.15, 0.3], dtype=torch.float64)
+    grey_net, size = 0.25, 2
+    q = torch.full((3,), 1 / math.sqrt(3.0), dtype=torch.float64)  # the observed (grey) colour axis
+    cov = torch.diag(sd**2)
+    exact_mean = mu + cov @ q * (grey_net * math.sqrt(3.0) - q @ mu) / (q @ cov @ q)
+    exact_cov = cov - torch.outer(cov @ q, cov @ q) / (q @ cov @ q)
+    model = ExactScoreModel(
+        mu.view(1, 3, 1, 1).expand(1, 3, size, size).tolist(),
+        sd.view(1, 3, 1, 1).expand(1, 3, size, size).tolist(),
+        sde_type="ve",
+        sde_kwargs={"sigma_max": 10.0},
+        prediction_type="score",
+    )
+    pipe = ScoreSdeColorizationPipeline(model, VESDEScheduler(sigma_max=10.0, corrector="none"))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        torch.full((1, size, size), (grey_net + 1) / 2),
+        batch_size=512,
+        num_inference_steps=100,
+        method="smc",
+        num_particles=8,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(0),
+    )
+    colours = (2 * out.images.double() - 1).permute(0, 2, 3, 1).reshape(-1, 3)  # 2048 pixel draws
+    # Standard errors of the means: at most 0.3 / sqrt(2048) = 0.007 (pixels of one image are independent here).
+    torch.testing.assert_close(colours.mean(0), exact_mean, rtol=0, atol=0.025)
+    sampled_cov = torch.cov(colours.T)
+    # Standard deviations within 10% per channel (sampling error ~2%); the grey axis keeps no variance.
+    torch.testing.assert_close(sampled_cov.diagonal().sqrt(), exact_cov.diagonal().sqrt(), rtol=0.1, atol=0)
+    assert float(q @ sampled_cov @ q) < 1e-8
+    # The off-diagonal covariances (negative: the channels must sum to the observed grey).
+    torch.testing.assert_close(sampled_cov, exact_cov, rtol=0, atol=0.2 * float(exact_cov.abs().max()))
