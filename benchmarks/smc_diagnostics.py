@@ -2,7 +2,7 @@
 
 Issue 11 found the SMC sampler's error not falling with the particle count on some problems of
 ``benchmarks/conditional_accuracy.py``. A correct SMC converges to the posterior of the scheduler's chain as the
-particle count ``K`` grows, so this script separates three things (all with exact scores, ``ExactScoreModel``):
+particle count ``K`` grows, so this script separates five things (all with exact scores, ``ExactScoreModel``):
 
 1. **Gaussian data, closed-form posterior** (``gaussian``): 2x2 RGB pixels ``N(mu, diag(0.05, 0.15, 0.3)^2)``, grey
    level observed at 0.25 where the prior mean is 0 (2.2 prior standard deviations along the grey axis), so the
@@ -18,9 +18,12 @@ particle count ``K`` grows, so this script separates three things (all with exac
    minus the exact ``log p(y | x_t)`` (a Gaussian-mixture closed form), in nats, for particles that have not yet
    chosen a mode (mean of the repainted pixels within 0.25 of zero) and for those that have. A twist that is wrong by
    the same amount for every particle changes nothing; a difference of ``n`` nats between the two groups needs on the
-   order of ``e^n`` particles to undo.
+   order of ``e^n`` particles to undo. The same for ``tail-16d`` (observation in the far tails of both modes).
+4. **Five components in 64 dimensions** (``random-3``, VE reverse diffusion): the same for 16, 64, 256 particles.
+5. **Resampling or not** (``resampling``): 16 particles with the default resampling and with none, on ``issue-16d``
+   and ``between-64d``.
 
-Run: ``python benchmarks/smc_diagnostics.py`` (about 6 minutes on one CPU thread; ``--quick`` about 1); writes
+Run: ``python benchmarks/smc_diagnostics.py`` (about 6 minutes on one CPU thread; ``--quick`` about 2); writes
 ``benchmarks/results/smc_diagnostics.json``.
 """
 
@@ -119,11 +122,12 @@ class _Recorder:
         smc.effective_sample_size = self.original
 
 
-def two_mode_study(quick: bool) -> list[dict]:
-    problem = {p.name: p for p in tuning_problems()}["issue-16d"]
+def particle_count_study(name: str, counts: list[tuple[int, int]], schedulers: tuple[str, ...]) -> list[dict]:
+    """Mode weights, errors / noise and variance ratios of one accuracy-benchmark problem for ``(particles,
+    outputs)`` pairs."""
+    problem = {p.name: p for p in tuning_problems()}[name]
     rows = []
-    counts = [(1, 256), (16, 256), (64, 128)] if quick else [(1, 256), (16, 256), (64, 128), (256, 64), (1024, 48)]
-    for scheduler in ("VE RD", "VP EM"):
+    for scheduler in schedulers:
         for particles, n in counts:
             start = time.perf_counter()
             with _Recorder() as rec:
@@ -143,7 +147,7 @@ def two_mode_study(quick: bool) -> list[dict]:
                 "ess_over_k_every_10_steps": [round(v / particles, 2) for v in rec.trace[::10]],
                 "seconds": round(time.perf_counter() - start, 1),
             }
-            print("two-mode", row, flush=True)
+            print(name, row, flush=True)
             rows.append(row)
     return rows
 
@@ -166,8 +170,10 @@ def exact_log_likelihood(problem: Problem, x: torch.Tensor, sigma2: torch.Tensor
     return torch.logsumexp(log_resp + log_y, 1)
 
 
-def twist_error_study(quick: bool) -> list[dict]:
-    problem = {p.name: p for p in tuning_problems()}["issue-16d"]
+def twist_error_study(name: str, quick: bool) -> list[dict]:
+    """Along one SMC run (VE reverse diffusion, 64 particles), per step: the particles of each kind (repainted pixels
+    near the first mode's +0.5, near the second's -0.5, or in between) and the median twist error of each kind."""
+    problem = {p.name: p for p in tuning_problems()}[name]
     particles, n = 64, 8 if quick else 16
     free = problem.unobserved().flatten()
     records = []
@@ -179,7 +185,7 @@ def twist_error_study(quick: bool) -> list[dict]:
         sigma2 = (s / m) ** 2
         error = out[0].detach().double() - exact_log_likelihood(problem, x.detach(), sigma2)
         side = x.detach().double().flatten(1)[:, free].mean(1)
-        records.append((float(sigma2[0].sqrt()), error, side.abs() < 0.25))
+        records.append((float(sigma2[0].sqrt()), error, side))
         return out
 
     inverse.ObservationGuidance.evaluate = evaluate
@@ -188,19 +194,50 @@ def twist_error_study(quick: bool) -> list[dict]:
     finally:
         inverse.ObservationGuidance.evaluate = original
     rows = []
-    for sigma, error, undecided in records[::6] + records[-1:]:
-        row = {
-            "sigma": round(sigma, 4),
-            "undecided_particles": int(undecided.sum()),
-            "twist_minus_exact_undecided_nats": round(float(error[undecided].median()), 1)
-            if undecided.any()
-            else None,
-            "twist_minus_exact_committed_nats": (
-                round(float(error[~undecided].median()), 1) if (~undecided).any() else None
-            ),
-        }
-        print("twist", row, flush=True)
+    for sigma, error, side in records[::6] + records[-1:]:
+        row = {"sigma": round(sigma, 4)}
+        for kind, select in (
+            ("first_mode", side > 0.25),
+            ("second_mode", side < -0.25),
+            ("undecided", side.abs() <= 0.25),
+        ):
+            row[f"{kind}_particles"] = int(select.sum())
+            row[f"twist_minus_exact_{kind}_nats"] = round(float(error[select].median()), 1) if select.any() else None
+        print(f"twist {name}", row, flush=True)
         rows.append(row)
+    return rows
+
+
+def resampling_study(quick: bool) -> list[dict]:
+    """The same particle count with the default resampling (effective sample size below half) and with none (plain
+    importance sampling with the twisted proposal), on ``issue-16d`` (where resampling on the twist multiplies the
+    undecided particles) and ``between-64d`` (where it is what finds the mode of prior weight 0.001)."""
+    problems = {p.name: p for p in tuning_problems()}
+    rows = []
+    default = inverse.RESAMPLE_ESS_FRACTION
+    for name in ("issue-16d", "between-64d"):
+        problem, n = problems[name], 64 if quick else 128
+        noise = monte_carlo_noise(problem, n)
+        for fraction in (default, 0.0):
+            inverse.RESAMPLE_ESS_FRACTION = fraction
+            try:
+                for scheduler in ("VE RD", "VP EM"):
+                    metrics = problem.metrics((sample(problem, scheduler, 16, n, 100) + 1) / 2)
+                    row = {
+                        "problem": name,
+                        "scheduler": scheduler,
+                        "particles": 16,
+                        "samples": n,
+                        "resample_below_ess_fraction": fraction,
+                        "tv_over_noise": round(metrics["tv"] / noise["tv"], 2),
+                        "second_moment_error_over_noise": round(
+                            metrics["second_moment_error"] / noise["second_moment_error"], 2
+                        ),
+                    }
+                    print("resampling", row, flush=True)
+                    rows.append(row)
+            finally:
+                inverse.RESAMPLE_ESS_FRACTION = default
     return rows
 
 
@@ -212,8 +249,17 @@ def main() -> None:
     torch.set_num_threads(1)
     result = {
         "gaussian": gaussian_study(args.quick),
-        "two_modes_issue_16d": two_mode_study(args.quick),
-        "twist_error_issue_16d": twist_error_study(args.quick),
+        "two_modes_issue_16d": particle_count_study(
+            "issue-16d",
+            [(1, 256), (16, 256), (64, 128)] + ([] if args.quick else [(256, 64), (1024, 48)]),
+            ("VE RD", "VP EM"),
+        ),
+        "five_components_random_3": particle_count_study(
+            "random-3", [(16, 128)] + ([] if args.quick else [(64, 64), (256, 32)]), ("VE RD",)
+        ),
+        "twist_error_issue_16d": twist_error_study("issue-16d", args.quick),
+        "twist_error_tail_16d": twist_error_study("tail-16d", args.quick),
+        "resampling": resampling_study(args.quick),
     }
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
