@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 import time
 import warnings
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _report import write_report
 
 from sde_diffusers.evaluation.image_preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from sde_diffusers.evaluation.transformers_features import fd_dinov2_preprocessing
@@ -138,8 +138,7 @@ def main() -> None:
             "date": datetime.date.today().isoformat(),
         },
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(f"wrote {args.out}")
 
 

@@ -1,29 +1,32 @@
-"""Speed of our NCSN++ against Diffusers' ``UNet2DModel`` of the google/ncsnpp structure, side by side in one run.
+"""Speed of our NCSN++ / DDPM++ against Diffusers' ``UNet2DModel`` of the same structure, side by side in one run.
 
-Three networks at CIFAR-10 size (32x32x3) with the paper's channel counts (nf 128, channel multipliers
-(1, 2, 2, 2), 4 residual blocks per resolution, attention at 16x16, FIR resampling, BigGAN blocks):
+``--setting`` picks the networks (paper sizes, channel counts and block layouts):
 
-* ``ours (paper preset)``: ``NCSNppModel.from_preset("ncsnpp-cifar10")``, the NCSN++ cont. network of the paper
-  (residual input pyramid), the one the released CIFAR-10 checkpoints use;
-* ``ours (google/ncsnpp structure)``: the same class with the output / input skip pyramids that the
-  google/ncsnpp-* repos (converted from score_sde's 256-1024 px models) have;
-* ``diffusers UNet2DModel``: ``SkipDownBlock2D`` / ``AttnSkipDownBlock2D`` / ``SkipUpBlock2D`` /
-  ``AttnSkipUpBlock2D``, Fourier time embedding, as in the google/ncsnpp-celebahq-256 config, at 32 px.
+* ``cifar10-ncsnpp`` (default), 32x32x3, nf 128, (1, 2, 2, 2), 4 residual blocks per level, attention at 16 px:
+  ``ours (paper preset)`` = ``NCSNppModel.from_preset("ncsnpp-cifar10")`` (residual input pyramid, the released
+  CIFAR-10 checkpoints), ``ours (google/ncsnpp structure)`` (output / input skip pyramids, as the google/ncsnpp-*
+  repos) and Diffusers' ``UNet2DModel`` with ``SkipDownBlock2D`` / ``AttnSkip*`` blocks and a Fourier embedding;
+* ``celebahq256-ncsnpp``, 256x256x3: ours = the exact converted architecture of
+  ``ve/celebahq_256_ncsnpp_continuous`` (nf 128, (1, 1, 2, 2, 2, 2, 2), 2 blocks, skip pyramids) against
+  ``UNet2DModel`` with the block layout of google/ncsnpp-celebahq-256;
+* ``cifar10-ddpm``: ours = the converted original DDPM network (``vp/ddpm/cifar10``) against ``UNet2DModel`` with
+  the layout of google/ddpm-cifar10-32 (the same network in Diffusers);
+* ``cifar10-ddpmpp``: ours = DDPM++ cont. (``vp/cifar10_ddpmpp_continuous``, BigGAN blocks, 4 per level) against
+  the DDPM-layout ``UNet2DModel`` with 4 blocks per level (Diffusers has no BigGAN-block counterpart).
 
-For each it times a forward pass (eval mode, no grad) and a forward + backward pass (train mode, mean-square loss),
-batch 8, on the CPU (1 thread unless ``--threads``) and on CUDA when there is a GPU. Models are timed in
-interleaved rounds (one call of each per round), so a load change on a shared machine hits all of them alike; the
-table reports the median over rounds and the ratio to Diffusers from the same rounds. On the CPU it records both
-wall time and the process's CPU time; the ratio is taken from CPU time there (on an oversubscribed machine wall
-time also counts the time spent waiting for a core), from wall time on CUDA.
+For each it times a forward pass (eval mode, no grad) and a forward + backward pass (train mode, mean-square loss)
+on the CPU (1 thread unless ``--threads``) and on CUDA when there is a GPU, where it also records the peak memory.
+Models are timed in interleaved rounds (one call of each per round), so a load change on a shared machine hits all
+of them alike; the table reports the median over rounds and the ratio to Diffusers from the same rounds. On the CPU
+the ratio is taken from process CPU time (on an oversubscribed machine wall time also counts the wait for a core),
+on CUDA from wall time.
 
-    python benchmarks/model_speed.py [--batch 8] [--rounds 5] [--devices cpu,cuda] [--threads 1]
+    python benchmarks/model_speed.py [--setting cifar10-ncsnpp] [--batch 8] [--rounds 5] [--devices cpu,cuda]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import statistics
@@ -31,21 +34,32 @@ import time
 from pathlib import Path
 
 import torch
+from _report import write_report
 from diffusers import UNet2DModel
 
 from sde_diffusers import NCSNppModel
+from sde_diffusers.convert.score_sde_plan import plan_score_sde_conversion
+
+REFERENCE = "diffusers UNet2DModel"
 
 
-def diffusers_ncsnpp(dropout: float) -> UNet2DModel:
-    """UNet2DModel with the block layout of google/ncsnpp-celebahq-256, at CIFAR-10 size and channel counts."""
+def diffusers_ncsnpp(dropout: float, size: int = 32) -> UNet2DModel:
+    """UNet2DModel with the block layout of google/ncsnpp-celebahq-256 (attention at 16 px), at ``size`` px."""
+    channels = (128, 256, 256, 256) if size == 32 else (128, 128, 256, 256, 256, 256, 256)
+    attention_level = int(math.log2(size // 16))  # the level at 16 px
+    down = ["AttnSkipDownBlock2D" if i == attention_level else "SkipDownBlock2D" for i in range(len(channels))]
+    up = [
+        "AttnSkipUpBlock2D" if i == len(channels) - 1 - attention_level else "SkipUpBlock2D"
+        for i in range(len(channels))
+    ]
     return UNet2DModel(
-        sample_size=32,
+        sample_size=size,
         in_channels=3,
         out_channels=3,
-        block_out_channels=(128, 256, 256, 256),
-        layers_per_block=4,
-        down_block_types=("SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipDownBlock2D", "SkipDownBlock2D"),
-        up_block_types=("SkipUpBlock2D", "SkipUpBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D"),
+        block_out_channels=channels,
+        layers_per_block=4 if size == 32 else 2,
+        down_block_types=tuple(down),
+        up_block_types=tuple(up),
         time_embedding_type="fourier",
         mid_block_scale_factor=math.sqrt(2.0),
         norm_eps=1e-6,
@@ -59,15 +73,65 @@ def diffusers_ncsnpp(dropout: float) -> UNet2DModel:
     )
 
 
-def build_models(dropout: float) -> dict[str, torch.nn.Module]:
+def diffusers_ddpm(dropout: float, layers_per_block: int = 2) -> UNet2DModel:
+    """UNet2DModel with the layout of google/ddpm-cifar10-32 (attention at 16 px)."""
+    return UNet2DModel(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(128, 256, 256, 256),
+        layers_per_block=layers_per_block,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        dropout=dropout,
+    )
+
+
+def _converted(config: str, dropout: float) -> torch.nn.Module:
+    plan = plan_score_sde_conversion(config)
+    return plan.model_class(**{**plan.model_config, "dropout": dropout})
+
+
+# setting -> (image size, what the networks take as time: "sigma" or "index", the models by name)
+SETTINGS = {
+    "cifar10-ncsnpp": (
+        32,
+        "sigma",
+        lambda d: {
+            "ours (paper preset)": NCSNppModel.from_preset("ncsnpp-cifar10", dropout=d),
+            "ours (google/ncsnpp structure)": NCSNppModel.from_preset(
+                "ncsnpp-cifar10", dropout=d, progressive="output_skip", progressive_input="input_skip"
+            ),
+            REFERENCE: diffusers_ncsnpp(d),
+        },
+    ),
+    "celebahq256-ncsnpp": (
+        256,
+        "sigma",
+        lambda d: {
+            "ours (ve/celebahq_256_ncsnpp_continuous)": _converted("ve/celebahq_256_ncsnpp_continuous", d),
+            REFERENCE: diffusers_ncsnpp(d, size=256),
+        },
+    ),
+    "cifar10-ddpm": (
+        32,
+        "index",
+        lambda d: {"ours (vp/ddpm/cifar10)": _converted("vp/ddpm/cifar10", d), REFERENCE: diffusers_ddpm(d)},
+    ),
+    "cifar10-ddpmpp": (
+        32,
+        "index",
+        lambda d: {
+            "ours (vp/cifar10_ddpmpp_continuous)": _converted("vp/cifar10_ddpmpp_continuous", d),
+            REFERENCE: diffusers_ddpm(d, layers_per_block=4),
+        },
+    ),
+}
+
+
+def build_models(dropout: float, setting: str = "cifar10-ncsnpp") -> dict[str, torch.nn.Module]:
     torch.manual_seed(0)
-    return {
-        "ours (paper preset)": NCSNppModel.from_preset("ncsnpp-cifar10", dropout=dropout),
-        "ours (google/ncsnpp structure)": NCSNppModel.from_preset(
-            "ncsnpp-cifar10", dropout=dropout, progressive="output_skip", progressive_input="input_skip"
-        ),
-        "diffusers UNet2DModel": diffusers_ncsnpp(dropout),
-    }
+    return SETTINGS[setting][2](dropout)
 
 
 def _sync(device: torch.device) -> None:
@@ -88,18 +152,28 @@ def _forward_backward(model, x, sigma):
 
 
 def time_models(
-    models, device, batch: int, rounds: int, warmup: int
-) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]]]:
-    """Wall and process-CPU seconds per call: ``(wall[name][pass], cpu[name][pass])``."""
-    x = torch.randn(batch, 3, 32, 32, device=device)
-    sigma = torch.exp(torch.linspace(math.log(0.01), math.log(50.0), batch, device=device))
+    models, device, batch: int, rounds: int, warmup: int, size: int = 32, time_input: str = "sigma"
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, dict[str, list[float]]], dict[str, dict[str, float]]]:
+    """Wall and process-CPU seconds per call and peak CUDA memory in MiB (NaN on the CPU):
+    ``(wall[name][pass], cpu[name][pass], peak[name][pass])``."""
+    x = torch.randn(batch, 3, size, size, device=device)
+    if time_input == "sigma":
+        sigma = torch.exp(torch.linspace(math.log(0.01), math.log(50.0), batch, device=device))
+    else:
+        sigma = torch.linspace(0.0, 999.0, batch, device=device)
     times = {name: {"forward": [], "forward_backward": []} for name in models}
     cpu_times = {name: {"forward": [], "forward_backward": []} for name in models}
+    peak = {name: {"forward": math.nan, "forward_backward": math.nan} for name in models}
     for kind, fn, train in (("forward", _forward, False), ("forward_backward", _forward_backward, True)):
-        for model in models.values():
+        for name, model in models.items():
             model.to(device).train(train)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
             for _ in range(warmup):
                 fn(model, x, sigma)
+            if device.type == "cuda":
+                peak[name][kind] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
         _sync(device)
         for _ in range(rounds):
             for name, model in models.items():
@@ -111,11 +185,12 @@ def time_models(
                 cpu_times[name][kind].append(time.process_time() - cpu_start)
     for model in models.values():
         model.to("cpu")
-    return times, cpu_times
+    return times, cpu_times, peak
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setting", choices=list(SETTINGS), default="cifar10-ncsnpp", help="which networks")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (one call of each model per round)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -123,12 +198,17 @@ def main() -> None:
     parser.add_argument("--devices", default="cpu,cuda", help="comma-separated; cuda is skipped without a GPU")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps timings stable)")
     parser.add_argument("--dropout", type=float, default=0.1, help="dropout of every model (the paper's 0.1)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "model_speed.json"))
+    parser.add_argument("--out", default=None, help="default results/model_speed[_SETTING].json")
     args = parser.parse_args()
+    if args.warmup < 1:
+        parser.error("--warmup must be >= 1 (the peak memory is read during warm-up)")
+    suffix = "" if args.setting == "cifar10-ncsnpp" else "_" + args.setting.replace("-", "_")
+    args.out = args.out or str(Path(__file__).parent / "results" / f"model_speed{suffix}.json")
     torch.set_num_threads(args.threads)
-    models = build_models(args.dropout)
+    size, time_input, _ = SETTINGS[args.setting]
+    models = build_models(args.dropout, args.setting)
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
-    reference = "diffusers UNet2DModel"
+    reference = REFERENCE
     rows = []
     for device_name in [d.strip() for d in args.devices.split(",") if d.strip()]:
         if device_name == "cuda" and not torch.cuda.is_available():
@@ -136,7 +216,7 @@ def main() -> None:
             continue
         device = torch.device(device_name)
         rounds = args.cuda_rounds if device.type == "cuda" else args.rounds
-        times, cpu_times = time_models(models, device, args.batch, rounds, args.warmup)
+        times, cpu_times, peak = time_models(models, device, args.batch, rounds, args.warmup, size, time_input)
         basis = cpu_times if device.type == "cpu" else times
         for name in models:
             for kind in ("forward", "forward_backward"):
@@ -154,22 +234,24 @@ def main() -> None:
                         "ratio_to_diffusers": statistics.median(ratios),
                         "ratio_basis": "cpu time" if device.type == "cpu" else "wall time",
                         "wall_ratio_to_diffusers": statistics.median(wall_ratios),
+                        "peak_cuda_mib": None if math.isnan(peak[name][kind]) else peak[name][kind],
                         "rounds": rounds,
                     }
                 )
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     print(
-        f"NCSN++ at 32x32x3, nf 128, (1, 2, 2, 2), 4 blocks, batch {args.batch}; CPU threads {args.threads}"
+        f"{args.setting} at {size}x{size}x3, batch {args.batch}; CPU threads {args.threads}"
         + (f"; GPU {gpu}" if gpu else "")
     )
     print(
-        f"{'device':6s} {'model':32s} {'params':>8s} {'pass':>17s} {'wall ms':>9s} {'CPU ms':>9s} "
-        f"{'vs diffusers':>13s} {'(wall)':>7s}"
+        f"{'device':6s} {'model':40s} {'params':>8s} {'pass':>17s} {'wall ms':>9s} {'CPU ms':>9s} "
+        f"{'vs diffusers':>13s} {'(wall)':>7s} {'peak MiB':>9s}"
     )
     for r in rows:
         print(
-            f"{r['device']:6s} {r['model']:32s} {r['params'] / 1e6:7.1f}M {r['pass']:>17s} {r['median_ms']:9.0f} "
-            f"{r['median_cpu_ms']:9.0f} {r['ratio_to_diffusers']:12.2f}x {r['wall_ratio_to_diffusers']:6.2f}x"
+            f"{r['device']:6s} {r['model']:40s} {r['params'] / 1e6:7.1f}M {r['pass']:>17s} {r['median_ms']:9.0f} "
+            f"{r['median_cpu_ms']:9.0f} {r['ratio_to_diffusers']:12.2f}x {r['wall_ratio_to_diffusers']:6.2f}x "
+            + ("" if r["peak_cuda_mib"] is None else f"{r['peak_cuda_mib']:9.0f}")
         )
     out = {
         "benchmark": "model_speed",
@@ -179,8 +261,7 @@ def main() -> None:
         "args": vars(args),
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    write_report(args.out, out)
     print(f"wrote {args.out}")
 
 

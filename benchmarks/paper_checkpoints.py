@@ -23,12 +23,12 @@ Without the weights it runs end to end on the tiny official-format test checkpoi
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
+from _report import write_report
 
 from sde_diffusers import convert_score_sde_checkpoint
 from sde_diffusers.convert import REPORTED_RESULTS
@@ -243,8 +243,7 @@ def main() -> None:
     }
     default = "paper_checkpoints_fixtures.json" if args.fixtures else "paper_checkpoints.json"
     path = Path(args.out or Path(__file__).parent / "results" / default)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=str))
+    write_report(path, out, default=str)
     print(f"wrote {path}")
 
 

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from _report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -184,8 +185,7 @@ def main() -> None:
         "wall_s": time.perf_counter() - wall,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(out, report)
     print(
         f"\n{args.preset} {args.channels}x{args.size}x{args.size}, {args.sampler} NFE {args.nfe}, "
         f"{args.num_samples} samples in blocks of {args.batch_size}, {args.device}, {args.threads} thread(s)/process"

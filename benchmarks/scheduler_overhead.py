@@ -10,12 +10,12 @@ same run, and reports ``loop time / (model calls x one model call)``: 1.00 means
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
+from _report import write_report
 from diffusers import ScoreSdeVeScheduler, UNet2DModel
 
 from sde_diffusers import VESDEScheduler
@@ -163,8 +163,7 @@ def main() -> None:
         "args": vars(args),
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    write_report(args.out, out)
     print(f"wrote {args.out}")
 
 
