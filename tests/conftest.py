@@ -15,6 +15,8 @@ Fixtures provided here:
   asked (`file_entry`, `repo_exists`, `write_requests`).
 * `tmp_hf_home` (session): the temporary `HF_HOME` (a `pathlib.Path`); its `hub/` is the default download cache.
   Pass `cache_dir=tmp_path / "cache"` to a download to start from an empty cache instead.
+* `one_thread` (function): torch on one CPU thread for the test, restored after it (bitwise comparisons with
+  `OMP_NUM_THREADS=1` subprocesses; many small ops that thread hand-offs only slow down).
 """
 
 import atexit
@@ -73,6 +75,16 @@ class LocalHub(NamedTuple):
 
     url: str
     token: str
+
+
+@pytest.fixture
+def one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

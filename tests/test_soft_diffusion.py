@@ -187,15 +187,6 @@ def test_steps_bad_input(schedule):
 
 
 # ---- step functions: convergence on Gaussian data ---------------------------------------------------------------
-@pytest.fixture
-def one_thread():
-    # Hundreds of small tensor ops: thread hand-offs cost more than they save on a shared CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_momentum_sampler_converges_and_naive_sampler_does_not(one_thread):
     """With the exact x_0 predictor, the momentum (and deterministic) samplers reach the t = 0 distribution
     as steps grow; the naive sampler loses variance at every step and plateaus far from it. A momentum

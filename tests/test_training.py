@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from training_helpers import one_thread, tiny_config  # noqa: F401  (one_thread: a fixture)
+from training_helpers import tiny_config
 
 from sde_diffusers.training import (
     TrainingConfig,

@@ -1,20 +1,8 @@
-"""What the training tests share: one-thread runs and the smallest useful configuration."""
+"""What the training tests share: the smallest useful configuration."""
 
 from __future__ import annotations
 
-import pytest
-import torch
-
 from sde_diffusers.training import TrainingConfig
-
-
-@pytest.fixture
-def one_thread():
-    # Bitwise comparisons with subprocess runs (OMP_NUM_THREADS=1) need the same reduction order.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(output_dir, **overrides) -> TrainingConfig:
