@@ -48,7 +48,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from conditional_accuracy import _inpaint, _left_half, make_pipeline, monte_carlo_noise, tuning_problems  # noqa: E402
+from conditional_accuracy import _inpaint, _left_half, monte_carlo_noise, tuning_problems  # noqa: E402
+from smc_diagnostics import sample  # noqa: E402
 
 from sde_diffusers.pipelines import pipeline_score_sde_inverse as inverse  # noqa: E402
 from sde_diffusers.sampling.smc import gaussian_log_likelihood  # noqa: E402
@@ -166,23 +167,13 @@ VARIANTS = ["jacobian", "landing", "mode", "jacobian+proposal", "landing+proposa
 
 
 def run(problem, scheduler, particles, samples, steps, lookahead_steps, variance, seed=0):
-    pipe = make_pipeline(problem, scheduler)
-    args = (problem.image, problem.mask) if problem.kind == "inpaint" else (problem.image,)
     start = time.perf_counter()
     base, proposal = variance.split("+")[0], variance.endswith("+proposal")
     lookahead_steps = 0 if variance == "tweedie" else lookahead_steps
     mean = "mode" if base == "mode" else "endpoint"
     with twist_patch(lookahead_steps, "jacobian" if base == "jacobian" else "landing", mean, proposal):
-        out = pipe(
-            *args,
-            batch_size=samples,
-            num_inference_steps=steps,
-            output_type="pt",
-            generator=torch.Generator().manual_seed(seed),
-            method="smc",
-            num_particles=particles,
-        )
-    metrics = problem.metrics(out.images)
+        x = sample(problem, scheduler, particles, samples, steps, seed)
+    metrics = problem.metrics((x + 1) / 2)
     noise = monte_carlo_noise(problem, samples)
     return {
         "problem": problem.name,
