@@ -1,4 +1,4 @@
-"""Does a lookahead twist fix ``method="smc"`` where ``p(x_0 | x_t)`` is multimodal? (issue 11; an experiment)
+"""Does a lookahead twist fix ``method="smc"`` where ``p(x_0 | x_t)`` is multimodal? (issue 11)
 
 The sampler's twist ``g_t(x) = N(y; P x0_hat(x_t), r_t^2 P)`` evaluates the likelihood at Tweedie's mean. Where
 ``p(x_0 | x_t)`` has several modes that mean lies between them, close to an observation that is itself between them,
@@ -22,17 +22,25 @@ Tweedie's mean ``e`` at the last point: ``m`` extra network calls per particle a
 along the unobserved directions, its residual and variance feed the Kalman step on the observed ones. Without it only
 the weights change. Either way the weight update ``g'(x') / g(x) * p(x' | x) / q(x' | x)`` uses the proposal
 actually drawn (the sampler computes ``p / q`` from the shift it used), so any positive twist keeps SMC consistent;
-at the last level the grid collapses and the twist is Tweedie's, as in the sampler. The experiment wraps the
-pipeline's ``_smc_evaluate`` (it recomputes the network at ``x_t`` and at the end point to get their graphs, so its
-wall times overstate the cost; ``network_calls_per_image`` counts the forward calls an implementation needs, ``(1 +
-m) K`` per step; ``+proposal`` adds a backward pass through the rollout, ``landing`` and ``mode`` a Jacobian probe at
-the end point).
+at the last level the grid collapses and the twist is Tweedie's, as in the sampler.
 
-Run: ``python benchmarks/smc_lookahead.py [--problems ...] [--schedulers ...] [--configs 16:0 16:1:landing+proposal
-...] [--samples 256] [--seed 0]`` (``m = 0``: the sampler's own twist); about 12 minutes on one CPU thread; writes
-``benchmarks/results/smc_lookahead.json``. ``--twist-error`` instead follows the twist's error against the exact
-``log p(y | x_t)`` along a run (``smc_lookahead_twist_error.json``; ``--problems gaussian-16d`` is a single Gaussian,
-where the ``mode`` variant must be exact). Development problems only: it never reads the held-out set.
+``K:1:landing+proposal`` (the default lookahead config) is the library's option: it runs
+``pipe(..., method="smc", smc_lookahead=True)`` (two network calls per particle and step, one more backward pass;
+the library aims the rollout at the level before the last where the last is ``sigma = 0``, as under DDIM). Every
+other variant is an experiment patch of the pipeline's ``_smc_evaluate`` (it recomputes the network at ``x_t`` and
+at the end point to get their graphs, so its wall times overstate the cost; ``network_calls_per_image`` counts
+``(1 + m) K`` per step).
+
+Run: ``python benchmarks/smc_lookahead.py [--held-out] [--problems ...] [--schedulers ...] [--configs 16:0
+16:1:landing+proposal ...] [--samples 256] [--seed 0]`` (``m = 0``: the sampler's own twist); by default K = 8 and
+16, Tweedie against the lookahead, on six development problems (or with ``--held-out`` the eight held-out problems
+of ``conditional_accuracy.py``) under VE reverse diffusion, VP Euler-Maruyama and DDIM, about 7 minutes each on one
+CPU thread; writes ``benchmarks/results/smc_lookahead[_held_out].json``. The earlier exploration of the variants
+(``smc_lookahead_explore.json``) used ``--configs 4:0 4:1 16:0 16:1 16:1:mode+proposal 16:2 8:1 4:3 --schedulers
+"VE RD" "VP EM" --problems issue-16d tail-16d between-64d random-3 two-modes between-3d three-hues``.
+``--twist-error`` instead follows the twist's error against the exact ``log p(y | x_t)`` along a run
+(``smc_lookahead_twist_error.json``; ``--problems gaussian-16d`` is a single Gaussian, where the ``mode`` variant
+must be exact).
 """
 
 from __future__ import annotations
@@ -48,7 +56,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from conditional_accuracy import _inpaint, _left_half, monte_carlo_noise, tuning_problems  # noqa: E402
+from conditional_accuracy import (  # noqa: E402
+    _inpaint,
+    _left_half,
+    held_out_problems,
+    monte_carlo_noise,
+    tuning_problems,
+)
 from smc_diagnostics import sample  # noqa: E402
 
 from sde_diffusers.pipelines import pipeline_score_sde_inverse as inverse  # noqa: E402
@@ -170,9 +184,12 @@ def run(problem, scheduler, particles, samples, steps, lookahead_steps, variance
     start = time.perf_counter()
     base, proposal = variance.split("+")[0], variance.endswith("+proposal")
     lookahead_steps = 0 if variance == "tweedie" else lookahead_steps
-    mean = "mode" if base == "mode" else "endpoint"
-    with twist_patch(lookahead_steps, "jacobian" if base == "jacobian" else "landing", mean, proposal):
-        x = sample(problem, scheduler, particles, samples, steps, seed)
+    if lookahead_steps == 1 and variance == "landing+proposal":  # the library's option
+        x = sample(problem, scheduler, particles, samples, steps, seed, smc_lookahead=True)
+    else:
+        mean = "mode" if base == "mode" else "endpoint"
+        with twist_patch(lookahead_steps, "jacobian" if base == "jacobian" else "landing", mean, proposal):
+            x = sample(problem, scheduler, particles, samples, steps, seed)
     metrics = problem.metrics((x + 1) / 2)
     noise = monte_carlo_noise(problem, samples)
     return {
@@ -217,17 +234,8 @@ def twist_error(problem, configs: list[tuple[int, int, str]], particles: int = 6
     return rows
 
 
-DEFAULT_CONFIGS = [
-    "4:0",
-    "4:1:landing+proposal",
-    "16:0",
-    "16:1:landing+proposal",
-    "16:1:mode+proposal",
-    "16:2:landing+proposal",
-    "8:1:landing+proposal",
-    "4:3:landing+proposal",
-]
-DEFAULT_PROBLEMS = ["issue-16d", "tail-16d", "between-64d", "random-3", "two-modes", "between-3d", "three-hues"]
+DEFAULT_CONFIGS = ["8:0", "8:1:landing+proposal", "16:0", "16:1:landing+proposal"]
+DEFAULT_PROBLEMS = ["issue-16d", "tail-16d", "between-64d", "random-3", "two-modes", "three-hues"]
 
 
 def parse_config(text: str) -> tuple[int, int, str]:
@@ -242,8 +250,13 @@ def parse_config(text: str) -> tuple[int, int, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--problems", nargs="+", default=DEFAULT_PROBLEMS, help="development problems only")
-    parser.add_argument("--schedulers", nargs="+", default=["VE RD", "VP EM"])
+    parser.add_argument(
+        "--problems", nargs="+", default=None, help=f"default {DEFAULT_PROBLEMS} (all with --held-out)"
+    )
+    parser.add_argument(
+        "--held-out", action="store_true", help="the held-out problems of conditional_accuracy.py (writes *_held_out)"
+    )
+    parser.add_argument("--schedulers", nargs="+", default=["VE RD", "VP EM", "VP DDIM"])
     parser.add_argument(
         "--configs", nargs="+", default=DEFAULT_CONFIGS, help="K:m[:variant] (m = 0: the sampler's twist)"
     )
@@ -260,7 +273,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     configs = [parse_config(c) for c in args.configs]
-    problems = {p.name: p for p in tuning_problems()}
+    problems = {p.name: p for p in (held_out_problems() if args.held_out else tuning_problems())}
+    if args.problems is None:
+        args.problems = list(problems) if args.held_out else DEFAULT_PROBLEMS
+    if args.held_out:
+        args.out = os.path.splitext(args.out)[0] + "_held_out.json"
     # One Gaussian (issue-16d's first component alone): p(x_0 | x_t) is unimodal, the 'mode' twist must be exact.
     problems["gaussian-16d"] = _inpaint(
         "gaussian-16d", [0.35], [0.5], [0.1], [0.1], 0.058, (1, 4, 4), _left_half(4, 4), [1.0]

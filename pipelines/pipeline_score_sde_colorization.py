@@ -128,6 +128,7 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
         guidance_scale: float = 1.0,
         guidance_variance: float | str = "jacobian",
         num_particles: int | None = None,
+        smc_lookahead: bool = False,
         grey_weights: Sequence[float] | None = None,
         class_labels: int | Sequence[int] | torch.Tensor | np.ndarray | None = None,
         classifier_scale: float = 1.0,
@@ -150,7 +151,8 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
             generator (`torch.Generator` or a list of them, *optional*): randomness; a list gives one per sample.
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` or `"pt"` (see [`ScoreSdePipeline`]).
             return_dict (`bool`, defaults to `True`): return a [`ScoreSdePipelineOutput`] instead of a tuple.
-            method, guidance_scale, guidance_variance, num_particles: as in [`ScoreSdeInpaintPipeline`].
+            method, guidance_scale, guidance_variance, num_particles, smc_lookahead: as in
+                [`ScoreSdeInpaintPipeline`].
             grey_weights (three `float`, *optional*): weights of R, G, B in the grey level (normalised to sum 1);
                 the mean by default, as in the paper; `(0.299, 0.587, 0.114)` matches PIL's `convert("L")`.
             class_labels, classifier_scale: class conditioning, as in [`ScoreSdePipeline`].
@@ -173,7 +175,7 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
         )
         method = self.resolve_method(method, sampler)
         self.check_method_inputs(method, guidance_scale, guidance_variance, sampler)
-        particles = self.check_smc_inputs(method, num_particles, guidance_variance)
+        particles = self.check_smc_inputs(method, num_particles, guidance_variance, smc_lookahead)
         channels, _, _ = self._sample_shape_from_config()
         if channels != 3:
             raise ValueError(
@@ -229,6 +231,7 @@ class ScoreSdeColorizationPipeline(ScoreSdeInverseProblemPipeline):
             class_labels=self._expand_labels(labels, batch, device),
             classifier_scale=float(classifier_scale),
             num_particles=particles,
+            smc_lookahead=smc_lookahead,
             num_inference_steps=num_inference_steps,
             generator=generator,
             latents=latents,

@@ -74,6 +74,17 @@ proposal on the observed subspace in the spirit of MCGdiff, Cardoso et al., 2023
     on ``issue-16d`` 1.3-1.7x the noise instead of 6-9x, but TV on ``between-64d`` 12x instead of 0.2-3.8x), so neither
     is used.
 
+    ``smc_lookahead=True`` evaluates the twist one step ahead: at Tweedie's estimate after one deterministic
+    probability-flow (DDIM) step from ``x_t`` to ``sqrt(sigma_t sigma_end)``, with the variance
+    ``r^2 = sigma_t^2 / (1 + sigma_t^2 / v)``, ``v`` the within-mode variance from the Jacobian where that step lands;
+    the proposal follows it (its gradient through both network calls, its residual and variance in the Kalman step).
+    An undecided particle lands in one mode, so it is no longer overrated, and the proposal commits particles early:
+    this removes the shrinkage between modes (``benchmarks/smc_lookahead.py``). It is consistent like any twist (the
+    weights use the proposal actually drawn; the last level keeps Tweedie's twist) but not exact on Gaussian data
+    (the step overstates how far Tweedie's estimate moves with ``x_t``), so it costs accuracy at finite ``K`` where
+    the posterior is unimodal, and it does not fix the tails. Cost: a second network call per particle and step and
+    one more backward pass. Off by default.
+
     Why this design: MCGdiff and FPS-SMC, built for noiseless linear problems, need no network gradient, but their
     intermediate targets look at the observed coordinates only, so the particles pick their modes with about the
     prior's weights and the weights must then undo the whole prior/posterior mismatch; the twist through Tweedie's
@@ -252,16 +263,27 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
         if guidance_variance != "jacobian":
             check_positive("guidance_variance", guidance_variance)
 
-    def check_smc_inputs(self, method: str, num_particles: object, guidance_variance: object = "jacobian") -> int:
+    def check_smc_inputs(
+        self,
+        method: str,
+        num_particles: object,
+        guidance_variance: object = "jacobian",
+        smc_lookahead: object = False,
+    ) -> int:
         """The particle count per output (1 unless ``method="smc"``); checks that the scheduler can run SMC.
 
         Raises:
-            TypeError / ValueError: ``num_particles`` is not an integer >= 1, is given without ``method="smc"``, or
-                the scheduler's step is not a Gaussian transition with a known mean and standard deviation.
+            TypeError / ValueError: ``num_particles`` is not an integer >= 1, ``num_particles`` or
+                ``smc_lookahead=True`` is given without ``method="smc"``, ``smc_lookahead`` is not a bool, or the
+                scheduler's step is not a Gaussian transition with a known mean and standard deviation.
         """
+        if not isinstance(smc_lookahead, bool):
+            raise TypeError(f"`smc_lookahead` must be a bool, got {type(smc_lookahead).__name__} {smc_lookahead!r}.")
         if method != "smc":
             if num_particles is not None:
                 raise ValueError(f"`num_particles` applies to method='smc', got method={method!r}.")
+            if smc_lookahead:
+                raise ValueError(f"`smc_lookahead` applies to method='smc', got method={method!r}.")
             return 1
         particles = check_int("num_particles", DEFAULT_NUM_PARTICLES if num_particles is None else num_particles)
         if guidance_variance != "jacobian":
@@ -324,6 +346,7 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
         class_labels: torch.Tensor | None,
         classifier_scale: float,
         num_particles: int,
+        smc_lookahead: bool = False,
         **sample_kwargs: Any,
     ) -> tuple[torch.Tensor, int]:
         """Sample ``shape`` given the observation ``make_observation(repeats)`` (built for ``batch * repeats``
@@ -337,7 +360,9 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
         observation = make_observation(num_particles)  # one copy of the observation per particle
         cond = self._inverse_conditioning(observation, "smc", 0.0, 1.0, labels, classifier_scale)
         twist = ObservationGuidance(observation, guidance_variance, 1.0)
-        return self._sample_smc(shape, cond, twist, num_particles, guidance_scale, **sample_kwargs)
+        return self._sample_smc(
+            shape, cond, twist, num_particles, guidance_scale, smc_lookahead=smc_lookahead, **sample_kwargs
+        )
 
     # ---- sequential Monte Carlo ------------------------------------------------------------------------
     def _smc_transition_kind(self) -> str | None:
@@ -396,6 +421,75 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
             out = view.from_score(total, model_input, t)
         return {"out": out.detach(), "log_g": log_g.detach().double(), "grad": grad, "residual": residual, "r2": r2}
 
+    @staticmethod
+    def _time_of_sigma(
+        view: SchedulerSDE, sigma: torch.Tensor, t_lo: torch.Tensor, t_hi: torch.Tensor
+    ) -> torch.Tensor:
+        """Continuous ``t`` in ``[t_lo, t_hi]`` with ``s(t) / m(t) = sigma`` (bisection; sigma grows with t)."""
+        lo, hi = t_lo.clone(), t_hi.clone()
+        for _ in range(50):
+            mid = (lo + hi) / 2
+            m, s = view.marginal_coeffs(mid)
+            above = s / m > sigma
+            hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
+        return (lo + hi) / 2
+
+    def _smc_evaluate_lookahead(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        last_timestep: torch.Tensor,
+        view: SchedulerSDE,
+        cond: Conditioning,
+        twist: ObservationGuidance,
+    ) -> dict[str, torch.Tensor]:
+        """:meth:`_smc_evaluate` with the one-step lookahead twist (``smc_lookahead=True``; see ``__call__``).
+
+        From ``x_t`` one probability-flow (DDIM) step lands at ``sigma_land = sqrt(sigma_t sigma_end)``
+        (:func:`~sde_diffusers.sampling.smc.lookahead_sigma`, ``sigma_end`` the chain's last level); the twist is
+        ``N(y; P x0_hat(x_land), r^2 P)`` with ``r^2 = sigma_t^2 / (1 + sigma_t^2 / v)``, ``v`` the within-mode
+        variance from the network's Jacobian at the landing point. Two network calls (at ``x_t``, whose output also
+        drives the chain, and at ``x_land``), the Jacobian probe at ``x_land`` and one backward pass through both
+        calls for the gradient; the Jacobian at ``x_t`` is not needed. ``residual``, ``r2`` and ``grad`` are the
+        lookahead's, so the proposal follows this twist.
+        """
+        obs = twist.observation
+        model_input = self.sampling_scheduler.scale_model_input(sample, timestep)
+        n = model_input.shape[0]
+        t = view.continuous(timestep, n, model_input)
+        t_end = view.continuous(last_timestep, n, model_input)
+        m_now, s_now = view.marginal_coeffs(t)
+        m_end, s_end = view.marginal_coeffs(t_end)
+        sigma_land = smc.lookahead_sigma(s_now / m_now, s_end / m_end)
+        t_land = self._time_of_sigma(view, sigma_land, torch.minimum(t_end, t), t)
+        m_land, s_land = view.marginal_coeffs(t_land)
+        with torch.enable_grad(), _math_attention():
+            x = model_input.detach().requires_grad_(True)
+            out = self._network(x, timestep, cond)
+            score = view.to_score(out, x, t)
+            x_land = smc.probability_flow_step(x, view.to_x0(score, x, t), m_now, s_now, m_land, s_land)
+            # The landing point as a leaf: the Jacobian probe there must not reach back through the call at x_t.
+            leaf = x_land.detach().requires_grad_(True)
+            x0_land = view.to_x0(
+                view.to_score(self._network(leaf, view.model_timestep(t_land), cond), leaf, t_land), leaf, t_land
+            )
+            residual = obs.project(obs.observed.to(x0_land.dtype) - x0_land)
+            r2_land = twist._posterior_variance(view, leaf, t_land, x0_land, residual)
+            r2 = smc.lookahead_variance((s_now / m_now) ** 2, r2_land, (s_land / m_land) ** 2).to(r2_land.dtype)
+            log_g = gaussian_log_likelihood(residual, r2, obs.num_observed.to(r2))
+            (grad_land,) = torch.autograd.grad(log_g.sum(), leaf)
+            (grad,) = torch.autograd.grad(x_land, x, grad_outputs=grad_land)
+        if cond.score_terms:
+            total = score.detach() + sum(term(x, t, score.detach(), view) for term in cond.score_terms)
+            out = view.from_score(total, model_input, t)
+        return {
+            "out": out.detach(),
+            "log_g": log_g.detach().double(),
+            "grad": grad,
+            "residual": residual.detach(),
+            "r2": r2.detach(),
+        }
+
     @torch.no_grad()
     def _sample_smc(
         self,
@@ -405,6 +499,7 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
         num_particles: int,
         guidance_scale: float,
         *,
+        smc_lookahead: bool = False,
         num_inference_steps: int,
         generator: torch.Generator | list[torch.Generator] | None,
         latents: torch.Tensor | None = None,
@@ -431,9 +526,21 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
         log_g_prev = torch.zeros(n, device=device, dtype=torch.float64)
         pending = torch.zeros_like(log_g_prev)  # log p / q of the proposal that produced each particle
         self._num_timesteps = len(timesteps)
+        # The lookahead aims at the chain's last noise level, or the one before where the last is 0 (DDIM's index 0
+        # maps to t = 0): a rollout to sigma = 0 lands on Tweedie's estimate, where the twist's variance vanishes.
+        look_to = len(timesteps) - 1
+        if (
+            smc_lookahead
+            and look_to > 0
+            and float(view.marginal_coeffs(view.continuous(timesteps[-1], 1, x))[1][0]) <= 0
+        ):
+            look_to -= 1
         with self.progress_bar(total=len(timesteps)) as progress:
             for i, t in enumerate(timesteps):
-                ev = self._smc_evaluate(x, t, view, cond, twist)
+                if smc_lookahead and i < look_to:
+                    ev = self._smc_evaluate_lookahead(x, t, timesteps[look_to], view, cond, twist)
+                else:  # at the last level the lookahead has nowhere to go: Tweedie's twist, as the final weight needs
+                    ev = self._smc_evaluate(x, t, view, cond, twist)
                 log_w = log_w + (ev["log_g"] - log_g_prev + pending).view(batch, k)
                 # Resample the systems whose weights have degenerated (a uniform is drawn for every output at every
                 # step, so an output's random stream does not depend on the others').

@@ -14,7 +14,8 @@ function ``g`` (an approximation of ``p(y | x_t)``)::
     w' = w * g'(x') / g(x) * p(x' | x) / q(x' | x)
 
 :func:`twisted_step_log_ratio` gives ``log p / q`` in closed form, :func:`gaussian_log_likelihood` the log of a
-Gaussian twist, :func:`systematic_resample` and :func:`effective_sample_size` the rest.
+Gaussian twist, :func:`systematic_resample` and :func:`effective_sample_size` the rest. :func:`lookahead_sigma`,
+:func:`probability_flow_step` and :func:`lookahead_variance` build the one-step lookahead twist.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ __all__ = [
     "gaussian_log_likelihood",
     "proposal_log_ratio",
     "observed_subspace_step",
+    "lookahead_sigma",
+    "probability_flow_step",
+    "lookahead_variance",
 ]
 
 
@@ -170,3 +174,40 @@ def observed_subspace_step(
     tau2 = next_std**2 * inflation
     kappa = std**2 / (std**2 + tau2)
     return kappa * next_mean_coeff * inflation, torch.sqrt(1 - kappa)
+
+
+def lookahead_sigma(sigma: torch.Tensor, sigma_end: torch.Tensor) -> torch.Tensor:
+    """Noise level ``sqrt(sigma * sigma_end)`` where the one-step lookahead twist lands: the geometric middle between
+    the current level and the chain's last one (``sigma`` itself when ``sigma_end >= sigma``)."""
+    return sigma * (sigma_end / sigma).clamp(max=1.0).sqrt()
+
+
+def probability_flow_step(
+    x: torch.Tensor,
+    x0: torch.Tensor,
+    mean_coeff: torch.Tensor,
+    std: torch.Tensor,
+    next_mean_coeff: torch.Tensor,
+    next_std: torch.Tensor,
+) -> torch.Tensor:
+    """One deterministic DDIM step (Euler in ``(x / m, sigma)`` of the probability-flow ODE) from ``x`` at the marginal
+    ``(m, s)`` to ``(m', s')``, given Tweedie's estimate ``x0`` at ``x``: ``m' (x0 + (sigma' / sigma) (x / m - x0))``
+    with ``sigma = s / m``. Coefficients of shape ``(batch,)``; differentiable in ``x`` and ``x0``."""
+
+    def b(c: torch.Tensor) -> torch.Tensor:
+        return c.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+
+    ratio = (next_std / next_mean_coeff) / (std / mean_coeff)
+    return b(next_mean_coeff) * (x0 + b(ratio) * (x / b(mean_coeff) - x0))
+
+
+def lookahead_variance(sigma2: torch.Tensor, landing_r2: torch.Tensor, landing_sigma2: torch.Tensor) -> torch.Tensor:
+    """Variance ``r^2 = sigma^2 / (1 + sigma^2 / v)`` of the lookahead twist at the current level ``sigma^2``.
+
+    ``v`` is the within-mode prior variance read at the landing point, where the posterior variance is
+    ``landing_r2 = v s^2 / (v + s^2)`` at level ``s^2 = landing_sigma2``, so ``1 / v = 1 / landing_r2 - 1 / s^2``
+    (clamped to ``v <= 1e6``). When the landing point is the current point this is ``landing_r2`` itself (up to that
+    clamp). All of shape ``(batch,)``.
+    """
+    inv_v = (1 / landing_r2 - 1 / landing_sigma2).clamp_min(1e-6)
+    return sigma2 / (1 + sigma2 * inv_v)
