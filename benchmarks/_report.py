@@ -24,7 +24,7 @@ def portable(value: Any) -> Any:
     return value
 
 
-def write_report(path: str | os.PathLike, report: dict, **json_kwargs: Any) -> None:
+def write_report(path: str | os.PathLike, report: dict | list, **json_kwargs: Any) -> None:
     """Write ``report`` as indented JSON at ``path`` (parents created), repository paths made relative."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

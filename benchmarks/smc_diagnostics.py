@@ -30,7 +30,6 @@ Run: ``python benchmarks/smc_diagnostics.py`` (about 6 minutes on one CPU thread
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -40,6 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _report import write_report  # noqa: E402
 from conditional_accuracy import Problem, make_pipeline, monte_carlo_noise, tuning_problems  # noqa: E402
 
 from sde_diffusers.pipelines import pipeline_score_sde_inverse as inverse  # noqa: E402
@@ -261,9 +261,7 @@ def main() -> None:
         "twist_error_tail_16d": twist_error_study("tail-16d", args.quick),
         "resampling": resampling_study(args.quick),
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=1)
+    write_report(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -56,6 +56,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _report import write_report  # noqa: E402
 from conditional_accuracy import (  # noqa: E402
     _inpaint,
     _left_half,
@@ -284,8 +285,7 @@ def main() -> None:
     )
     if args.twist_error:
         rows = [row for name in args.problems for row in twist_error(problems[name], configs)]
-        with open(os.path.splitext(args.out)[0] + "_twist_error.json", "w") as fh:
-            json.dump(rows, fh, indent=1)
+        write_report(os.path.splitext(args.out)[0] + "_twist_error.json", rows)
         return
     rows = []
     for name in args.problems:
@@ -294,9 +294,7 @@ def main() -> None:
                 row = run(problems[name], scheduler, particles, args.samples, args.steps, m, variant, args.seed)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(rows, fh, indent=1)
+    write_report(args.out, rows)
     print(f"wrote {args.out}")
 
 
