@@ -1,0 +1,144 @@
+"""The chain's own posterior: how close any sampler of a scheduler's chain can come to the exact posterior.
+
+A conditional sampler runs on a scheduler's chain; a consistent one (``method="smc"`` as its particle count grows)
+converges to the posterior of the chain's output distribution, not of the data. On the Gaussian mixtures of
+``benchmarks/conditional_accuracy.py`` the posterior mode weights are products over the observed coordinates of
+each component's density at the observation, often several standard deviations out, so a variance a few percent off
+in every coordinate moves them by many Monte-Carlo noise units. This script
+
+1. measures, for each scheduler of the accuracy benchmark and 100 / 1000 steps, the ratio ``rho`` of the chain's
+   output variance to the data's for a single Gaussian component, on a grid of standard deviations (exact scores;
+   the chain ``method="smc"`` runs, so Diffusers' DDIM with ``eta = 1``; nothing observed, one particle);
+2. builds each problem's chain posterior at 100 steps (every component's variance multiplied by ``rho`` at its
+   standard deviation) and prints its mode-weight TV to the exact posterior in units of the Monte-Carlo noise of 256
+   draws: the error floor under every sampler of that chain, up to what this model of the chain leaves out (the
+   chain's mean error, and the components' interaction at high noise). At 1000 steps ``rho`` is 1 within the
+   measurement's resolution (about 1%), which on problems with 32 observed coordinates several standard deviations
+   out would still move the weights by a nat, so no floor is computed there: run the samplers at 1000 steps instead
+   (``conditional_accuracy.py --steps 1000``).
+
+Run: ``python benchmarks/smc_chain_floor.py [--samples 2000]`` (about a minute); writes
+``benchmarks/results/smc_chain_floor.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _report import write_report  # noqa: E402
+from conditional_accuracy import (  # noqa: E402
+    DEFAULT_SCHEDULERS,
+    Problem,
+    held_out_problems,
+    make_pipeline,
+    monte_carlo_noise,
+    tuning_problems,
+)
+
+STDS = (0.04, 0.06, 0.08, 0.1, 0.12, 0.16, 0.2, 0.25, 0.3)
+COORDS_PER_STD = 16
+STEPS = (100, 1000)
+FLOOR_STEPS = 100
+
+
+def variance_ratios(scheduler: str, steps: int, samples: int, seed: int = 0) -> list[float]:
+    """``rho`` for each of :data:`STDS`: output variance of the chain / data variance (zero-mean Gaussian)."""
+    side = math.isqrt(len(STDS) * COORDS_PER_STD)  # ExactScoreModel describes square images
+    stds = torch.tensor(STDS).repeat_interleave(COORDS_PER_STD).view(1, 1, side, side)
+    shape = stds.shape[1:]
+    unit = Problem("unit", "inpaint", torch.zeros_like(stds), stds, torch.tensor([1.0]), torch.full(shape, 0.5))
+    unit.mask = torch.ones(shape)  # repaint every pixel: the unconditional chain
+    pipe = make_pipeline(unit, scheduler)
+    out = pipe(
+        unit.image,
+        unit.mask,
+        batch_size=samples,
+        num_inference_steps=steps,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(seed),
+        method="smc",
+        num_particles=1,
+    )
+    x = (2 * out.images.double() - 1).view(samples, len(STDS), COORDS_PER_STD)
+    return (x.var(0).mean(1) / torch.tensor(STDS, dtype=torch.float64) ** 2).tolist()
+
+
+def chain_problem(problem: Problem, ratios: list[float]) -> Problem:
+    """``problem`` with every component's standard deviation scaled by ``sqrt(rho)`` (interpolated in log std)."""
+    log_grid = torch.log(torch.tensor(STDS, dtype=torch.float64))
+    rho = torch.tensor(ratios, dtype=torch.float64)
+    s = problem.stds.double().clamp(STDS[0], STDS[-1])
+    pos = torch.bucketize(torch.log(s), log_grid).clamp(1, len(STDS) - 1)
+    lo, hi = log_grid[pos - 1], log_grid[pos]
+    frac = (torch.log(s) - lo) / (hi - lo)
+    r = rho[pos - 1] + frac * (rho[pos] - rho[pos - 1])
+    chain = copy.copy(problem)
+    chain.stds = (problem.stds.double() * r.sqrt()).float()
+    return chain
+
+
+def floor_rows(ratios: dict[str, dict[int, list[float]]], samples: int) -> list[dict]:
+    rows = []
+    for group, problems in (("development", tuning_problems()), ("held-out", held_out_problems())):
+        for problem in problems:
+            exact = problem.posterior_weights()
+            noise = monte_carlo_noise(problem, samples)["tv"]
+            row = {"set": group, "problem": problem.name, "exact": [round(float(w), 3) for w in exact]}
+            for scheduler, by_steps in ratios.items():
+                for steps, rho in by_steps.items():
+                    if steps != FLOOR_STEPS:
+                        continue
+                    chain = chain_problem(problem, rho).posterior_weights()
+                    tv = 0.5 * float((chain - exact).abs().sum())
+                    row[f"{scheduler} {steps}"] = {
+                        "chain_posterior": [round(float(w), 3) for w in chain],
+                        "tv": round(tv, 4),
+                        "tv_over_noise": round(tv / noise, 2),
+                    }
+            rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=2000, help="chain outputs per variance measurement")
+    parser.add_argument("--noise-samples", type=int, default=256, help="draws the Monte-Carlo noise is quoted for")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "smc_chain_floor.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    ratios: dict[str, dict[int, list[float]]] = {}
+    standard_error = math.sqrt(2 / args.samples / COORDS_PER_STD)
+    print(f"chain output variance / data variance (standard error about {standard_error:.3f})")
+    print(f"| scheduler | steps | {' | '.join(f'std {s}' for s in STDS)} |")
+    print("|---|---|" + "---|" * len(STDS))
+    for scheduler in DEFAULT_SCHEDULERS:
+        ratios[scheduler] = {}
+        for steps in STEPS:
+            rho = variance_ratios(scheduler, steps, args.samples)
+            ratios[scheduler][steps] = rho
+            print(f"| {scheduler} | {steps} | {' | '.join(f'{r:.3f}' for r in rho)} |", flush=True)
+    rows = floor_rows(ratios, args.noise_samples)
+    cells = [f"{s} {FLOOR_STEPS}" for s in DEFAULT_SCHEDULERS]
+    print(f"\nTV of the chain's posterior to the exact one / Monte-Carlo noise of {args.noise_samples} draws")
+    print(f"| set | problem | exact posterior | {' | '.join(cells)} |")
+    print("|---|---|---|" + "---|" * len(cells))
+    for row in rows:
+        values = " | ".join(f"{row[c]['tv_over_noise']:.1f}" for c in cells)
+        print(f"| {row['set']} | {row['problem']} | {'/'.join(f'{w:.2f}' for w in row['exact'])} | {values} |")
+    for cell in cells:
+        over = [r["problem"] for r in rows if r[cell]["tv_over_noise"] > 2]
+        print(f"{cell}: floor above 2x the noise on {len(over)} of {len(rows)} problems {over}")
+    write_report(args.out, {"stds": list(STDS), "samples": args.samples, "variance_ratios": ratios, "floor": rows})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
