@@ -74,6 +74,37 @@ class Problem:
         y = ((2 * self.image.double() - 1) * math.sqrt(3.0)).flatten()  # q0 . x = sqrt(3) * grey
         return y, (q * mu).sum(1).flatten(1), (q**2 * var).sum(1).flatten(1)
 
+    def observation_operator(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, y)``: orthonormal rows ``A`` (observed directions of the flattened network range), ``y = A x_0``."""
+        mu = self.means[0]
+        d = mu.numel()
+        if self.kind == "inpaint":
+            keep = (1 - self.mask.double()).expand_as(mu).flatten().bool()
+            return torch.eye(d, dtype=torch.float64)[keep], (2 * self.image.double() - 1).flatten()[keep]
+        channels, pixels = mu.shape[0], mu[0].numel()
+        rows = torch.zeros(pixels, channels, pixels, dtype=torch.float64)
+        rows[torch.arange(pixels), :, torch.arange(pixels)] = GREY_AXIS.double()
+        return rows.reshape(pixels, d), ((2 * self.image.double() - 1) * math.sqrt(3.0)).flatten()
+
+    def exact_twist(self, x: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
+        """Exact ``log p(y | x_t)`` for ``x_t = x_0 + sigma z`` (``x`` already divided by the mean coefficient),
+        shape ``(batch,)``: a mixture over components of Gaussians in the observed directions. Differentiable in
+        ``x``; what the SMC sampler's twist approximates."""
+        a, y = self.observation_operator()
+        mu = self.means.double().flatten(1)
+        var = self.stds.double().flatten(1) ** 2
+        logw = torch.log(self.weights.double() / self.weights.sum())
+        xt, s2 = x.double().flatten(1)[:, None], sigma2.double().reshape(-1, 1, 1)
+        log_resp = torch.log_softmax(
+            logw - 0.5 * (((xt - mu) ** 2) / (var + s2) + torch.log(2 * math.pi * (var + s2))).sum(-1), 1
+        )
+        cond_mean = mu + var / (var + s2) * (xt - mu)  # per component, the diagonal posterior of x_0 given x_t
+        cond_var = var * s2 / (var + s2)
+        # The observed directions of different pixels share no coordinate, so A diag(v) A^T is diagonal.
+        mean_y, var_y = cond_mean @ a.T, cond_var @ (a**2).T
+        log_y = -0.5 * (((y - mean_y) ** 2) / var_y + torch.log(2 * math.pi * var_y)).sum(-1)
+        return torch.logsumexp(log_resp + log_y, 1)
+
     def posterior_weights(self) -> torch.Tensor:
         """Exact ``p(k | y)``."""
         y, m, v = self._observed_gaussians()

@@ -152,24 +152,6 @@ def particle_count_study(name: str, counts: list[tuple[int, int]], schedulers: t
     return rows
 
 
-def exact_log_likelihood(problem: Problem, x: torch.Tensor, sigma2: torch.Tensor) -> torch.Tensor:
-    """Exact ``log p(y | x_t)`` for a VE chain (``x_t = x_0 + sigma z``) and a diagonal mixture, observed pixels
-    noiseless: a mixture over components of Gaussians in the observed coordinates."""
-    mu = problem.means.double().flatten(1)
-    var = problem.stds.double().flatten(1) ** 2
-    logw = torch.log(problem.weights.double() / problem.weights.sum())
-    observed = (~problem.unobserved()).flatten()
-    y = (2 * problem.image.double() - 1).flatten()[observed]
-    xt, s2 = x.double().flatten(1)[:, None], sigma2.double()[:, None, None]
-    log_resp = torch.log_softmax(
-        logw - 0.5 * (((xt - mu) ** 2) / (var + s2) + torch.log(2 * math.pi * (var + s2))).sum(-1), 1
-    )
-    cond_mean = (mu + var / (var + s2) * (xt - mu))[..., observed]
-    cond_var = (var * s2 / (var + s2))[..., observed]
-    log_y = -0.5 * (((y - cond_mean) ** 2) / cond_var + torch.log(2 * math.pi * cond_var)).sum(-1)
-    return torch.logsumexp(log_resp + log_y, 1)
-
-
 def twist_error_study(name: str, quick: bool) -> list[dict]:
     """Along one SMC run (VE reverse diffusion, 64 particles), per step: the particles of each kind (repainted pixels
     near the first mode's +0.5, near the second's -0.5, or in between) and the median twist error of each kind."""
@@ -183,7 +165,7 @@ def twist_error_study(name: str, quick: bool) -> list[dict]:
         out = original(self, x, t, score, view)
         m, s = view.marginal_coeffs(t)
         sigma2 = (s / m) ** 2
-        error = out[0].detach().double() - exact_log_likelihood(problem, x.detach(), sigma2)
+        error = out[0].detach().double() - problem.exact_twist(x.detach(), sigma2)
         side = x.detach().double().flatten(1)[:, free].mean(1)
         records.append((float(sigma2[0].sqrt()), error, side))
         return out

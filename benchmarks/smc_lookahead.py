@@ -213,7 +213,7 @@ def twist_error(problem, configs: list[tuple[int, int, str]], particles: int = 6
     """Along one run (VE reverse diffusion) per config ``(_, m, variant)``: the twist minus the exact
     ``log p(y | x_t)`` (median and spread, nats) every 12 steps, for particles whose repainted pixels sit near a mode
     (``> 0.25`` or ``< -0.25`` on average) or between (as in ``smc_diagnostics.py``)."""
-    from smc_diagnostics import exact_log_likelihood, sample
+    from smc_diagnostics import sample
 
     free, rows = problem.unobserved().flatten(), []
     for _, m, variant in configs:
@@ -223,7 +223,7 @@ def twist_error(problem, configs: list[tuple[int, int, str]], particles: int = 6
         with twist_patch(m, "jacobian" if base in ("jacobian", "tweedie") else "landing", mean, proposal, log):
             sample(problem, "VE RD", particles, outputs, 100)
         for sigma, x, log_g, _ in log[::12] + log[-1:]:
-            error = log_g - exact_log_likelihood(problem, x, sigma**2)
+            error = log_g - problem.exact_twist(x, sigma**2)
             side = x.double().flatten(1)[:, free].mean(1)
             row = {"problem": problem.name, "lookahead_steps": m, "twist": variant, "sigma": round(float(sigma[0]), 3)}
             for kind, sel in (("plus", side > 0.25), ("minus", side < -0.25), ("between", side.abs() <= 0.25)):

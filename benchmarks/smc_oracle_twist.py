@@ -1,0 +1,107 @@
+"""``method="smc"`` with the exact twist: how much of its error is the Gaussian twist's.
+
+The sampler's weights are right for any twist (``benchmarks/smc_diagnostics.py``), so at a fixed particle count its
+error has two sources: the chain's own posterior (``benchmarks/smc_chain_floor.py``) and a twist that ranks the
+particles wrongly before they settle in a mode. On the Gaussian mixtures of ``benchmarks/conditional_accuracy.py``
+the exact twist ``p(y | x_t)`` is known in closed form (a mixture over components of Gaussians in the observed
+directions), so this script runs the same sampler (proposal, resampling, weights) with the twist's value and
+gradient replaced by the exact ones and reports the mode-weight TV and the second-moment error in units of the
+Monte-Carlo noise, next to the pipeline's own twist. What remains with the exact twist is the chain (and the
+proposal); what goes away is the twist's share.
+
+Run: ``python benchmarks/smc_oracle_twist.py [--held-out] [--steps 1000] [--particles 16]`` (development set at 1000
+steps about 40 min on one thread); writes ``benchmarks/results/smc_oracle_twist[_held_out]_<steps>_steps.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _report import write_report  # noqa: E402
+from conditional_accuracy import (  # noqa: E402
+    DEFAULT_SCHEDULERS,
+    Problem,
+    held_out_problems,
+    monte_carlo_noise,
+    run,
+    tuning_problems,
+)
+
+from sde_diffusers.pipelines import pipeline_score_sde_inverse as inverse  # noqa: E402
+
+
+class ExactTwist:
+    """Context manager: the pipeline's twist value (and so its gradient) replaced by ``Problem.exact_twist``;
+    the residual and variance that shape the proposal on the observed directions are the pipeline's own."""
+
+    def __init__(self, problem: Problem):
+        self.problem = problem
+
+    def __enter__(self):
+        self.original = inverse.ObservationGuidance.evaluate
+        problem, original = self.problem, self.original
+
+        def evaluate(guidance, x, t, score, view):
+            _, residual, r2 = original(guidance, x, t, score, view)
+            m, s = view.marginal_coeffs(t)
+            scale = m.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+            exact = problem.exact_twist(x / scale, (s / m) ** 2)
+            return exact.to(x.dtype), residual, r2
+
+        inverse.ObservationGuidance.evaluate = evaluate
+        return self
+
+    def __exit__(self, *exc):
+        inverse.ObservationGuidance.evaluate = self.original
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--held-out", action="store_true", help="the held-out problems instead of the tuning set")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--particles", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--schedulers", nargs="+", default=DEFAULT_SCHEDULERS)
+    parser.add_argument("--problems", nargs="+", default=None, help="only these problem names")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    problems = held_out_problems() if args.held_out else tuning_problems()
+    if args.problems:
+        problems = [p for p in problems if p.name in args.problems]
+    name = f"smc_oracle_twist{'_held_out' if args.held_out else ''}_{args.steps}_steps.json"
+    out = args.out or os.path.join(os.path.dirname(__file__), "results", name)
+    options = dict(method="smc", num_particles=args.particles)
+    rows = []
+    for problem in problems:
+        noise = monte_carlo_noise(problem, args.samples)
+        for scheduler in args.schedulers:
+            start = time.perf_counter()
+            with ExactTwist(problem):
+                result = run(problem, scheduler, options, args.samples, args.steps)
+            row = {
+                "problem": problem.name,
+                "scheduler": scheduler,
+                "exact": [round(float(w), 4) for w in problem.posterior_weights()],
+                "sampled": result["sampled"],
+                "tv_over_noise": round(result["tv"] / noise["tv"], 2),
+                "second_moment_over_noise": round(result["second_moment_error"] / noise["second_moment_error"], 2),
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+            print(row, flush=True)
+            rows.append(row)
+    within = sum(r["tv_over_noise"] <= 2 for r in rows)
+    print(f"exact twist, {args.particles} particles, {args.steps} steps: TV <= 2x noise in {within} of {len(rows)}")
+    write_report(out, {"steps": args.steps, "particles": args.particles, "samples": args.samples, "runs": rows})
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
