@@ -67,23 +67,14 @@ from conditional_accuracy import (  # noqa: E402
 from smc_diagnostics import sample  # noqa: E402
 
 from sde_diffusers.pipelines import pipeline_score_sde_inverse as inverse  # noqa: E402
+from sde_diffusers.sampling import smc  # noqa: E402
+from sde_diffusers.sampling.ode import sigma_and_scale, t_from_sigma  # noqa: E402
 from sde_diffusers.sampling.smc import gaussian_log_likelihood  # noqa: E402
 from sde_diffusers.sde import broadcast_to  # noqa: E402
 
 
 def _sigma(view, t: torch.Tensor) -> torch.Tensor:
-    m, s = view.marginal_coeffs(t)
-    return s / m
-
-
-def time_of_sigma(view, sigma: torch.Tensor, t_hi: torch.Tensor, t_lo: torch.Tensor) -> torch.Tensor:
-    """Continuous ``t`` in ``[t_lo, t_hi]`` with ``sigma(t) = sigma`` (bisection; sigma increases with t)."""
-    lo, hi = t_lo.clone(), t_hi.clone()
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        above = _sigma(view, mid) > sigma
-        hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
-    return (lo + hi) / 2
+    return sigma_and_scale(view, t)[0]
 
 
 def lookahead(pipe, view, x, t, x0, t_end, steps, cond):
@@ -94,12 +85,8 @@ def lookahead(pipe, view, x, t, x0, t_end, steps, cond):
     sigmas = [sigma_t]
     for j in range(1, steps + 1):
         sigma_next = sigma_t * ratio ** (j / (steps + 1))
-        t_next = time_of_sigma(view, sigma_next, t, t_end)
-        m_now, s_now = view.marginal_coeffs(t)
-        m_next, _ = view.marginal_coeffs(t_next)
-        sig_now = s_now / m_now
-        frac = broadcast_to(_sigma(view, t_next) / sig_now, x)
-        x = broadcast_to(m_next, x) * (x0 + frac * (x / broadcast_to(m_now, x) - x0))
+        t_next = t_from_sigma(view, sigma_next, t_end, t).to(t.dtype)
+        x = smc.probability_flow_step(x, x0, *view.marginal_coeffs(t), *view.marginal_coeffs(t_next))
         t = t_next
         sigmas.append(_sigma(view, t))
         out = pipe._network(x, view.model_timestep(t), cond)

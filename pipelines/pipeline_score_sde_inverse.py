@@ -109,6 +109,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 
 from sde_diffusers.sampling import smc
+from sde_diffusers.sampling.ode import t_from_sigma
 from sde_diffusers.sampling.smc import gaussian_log_likelihood
 from sde_diffusers.scheduler_sde import SchedulerSDE
 from sde_diffusers.schedulers import ProbabilityFlowScheduler
@@ -421,19 +422,6 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
             out = view.from_score(total, model_input, t)
         return {"out": out.detach(), "log_g": log_g.detach().double(), "grad": grad, "residual": residual, "r2": r2}
 
-    @staticmethod
-    def _time_of_sigma(
-        view: SchedulerSDE, sigma: torch.Tensor, t_lo: torch.Tensor, t_hi: torch.Tensor
-    ) -> torch.Tensor:
-        """Continuous ``t`` in ``[t_lo, t_hi]`` with ``s(t) / m(t) = sigma`` (bisection; sigma grows with t)."""
-        lo, hi = t_lo.clone(), t_hi.clone()
-        for _ in range(50):
-            mid = (lo + hi) / 2
-            m, s = view.marginal_coeffs(mid)
-            above = s / m > sigma
-            hi, lo = torch.where(above, mid, hi), torch.where(above, lo, mid)
-        return (lo + hi) / 2
-
     def _smc_evaluate_lookahead(
         self,
         sample: torch.Tensor,
@@ -461,7 +449,7 @@ class ScoreSdeInverseProblemPipeline(ScoreSdePipelineBase):
         m_now, s_now = view.marginal_coeffs(t)
         m_end, s_end = view.marginal_coeffs(t_end)
         sigma_land = smc.lookahead_sigma(s_now / m_now, s_end / m_end)
-        t_land = self._time_of_sigma(view, sigma_land, torch.minimum(t_end, t), t)
+        t_land = t_from_sigma(view, sigma_land, torch.minimum(t_end, t), t).to(t.dtype)
         m_land, s_land = view.marginal_coeffs(t_land)
         with torch.enable_grad(), _math_attention():
             x = model_input.detach().requires_grad_(True)

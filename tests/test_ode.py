@@ -271,6 +271,26 @@ def test_t_from_sigma_inverts_sigma(sde_type):
     torch.testing.assert_close(t_from_sigma(sde, sigma_and_scale(sde, t)[0]), t, rtol=1e-10, atol=1e-12)
 
 
+class _MarginalsOnly:
+    def __init__(self, sde):
+        self.marginal_coeffs = sde.marginal_coeffs
+
+
+@pytest.mark.parametrize("sde_type", SDES)
+def test_t_from_sigma_within_bounds_and_on_a_scheduler_view(sde_type):
+    # Bounds force the bisection (also for VE) and must not move the answer; an object with only marginal_coeffs
+    # (as a scheduler's SchedulerSDE view) is inverted the same way.
+    sde = SDES[sde_type]()
+    t = torch.tensor([0.05, 0.3, 0.7], dtype=torch.float64)
+    sigma = sigma_and_scale(sde, t)[0]
+    lo, hi = t - 0.04, torch.minimum(t + 0.2, torch.ones_like(t))
+    torch.testing.assert_close(t_from_sigma(sde, sigma, lo, hi), t, rtol=1e-10, atol=1e-12)
+    view = _MarginalsOnly(sde)
+    torch.testing.assert_close(t_from_sigma(view, sigma, lo, hi), t, rtol=1e-10, atol=1e-12)
+    # The bounds are respected: a target outside them lands on the nearer bound.
+    torch.testing.assert_close(t_from_sigma(sde, sigma, t + 0.01, hi), t + 0.01, rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("sde_type", SDES)
 def test_karras_spacing(sde_type):
     sde = SDES[sde_type]()

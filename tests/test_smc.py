@@ -440,3 +440,17 @@ def test_lookahead_reaches_the_exact_posterior_where_the_tweedie_twist_shrinks()
     weight, second = run(True)
     assert abs(weight - 0.5) < 0.1 and abs(second / exact - 1) < 0.12, (weight, second)  # weight's s.e. 0.03
     assert run(False)[1] / exact < 0.85  # the Tweedie twist: where the lookahead matters
+
+
+def test_probability_flow_step_is_ddim():
+    # From (m, s) to (m', s') given Tweedie's x0: m' (x0 + (sigma' / sigma) (x / m - x0)), sigma = s / m; to sigma' = 0
+    # it lands on x0 itself, and a step to the same marginal leaves x unchanged.
+    g = torch.Generator().manual_seed(0)
+    x, x0 = torch.randn(3, 2, 2, 2, generator=g), torch.randn(3, 2, 2, 2, generator=g)
+    m, s = torch.tensor([0.9, 0.5, 1.0]), torch.tensor([0.3, 0.8, 2.0])
+    m2, s2 = torch.tensor([0.95, 0.7, 1.0]), torch.tensor([0.1, 0.4, 0.5])
+    b = lambda c: c.view(-1, 1, 1, 1)  # noqa: E731
+    expected = b(m2) * (x0 + b((s2 / m2) / (s / m)) * (x / b(m) - x0))
+    torch.testing.assert_close(smc.probability_flow_step(x, x0, m, s, m2, s2), expected)
+    torch.testing.assert_close(smc.probability_flow_step(x, x0, m, s, torch.ones(3), torch.zeros(3)), x0)
+    torch.testing.assert_close(smc.probability_flow_step(x, x0, m, s, m, s), x)

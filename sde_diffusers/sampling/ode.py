@@ -18,6 +18,7 @@ Two views of the same ODE are used here.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -164,20 +165,34 @@ def sample_probability_flow(
 # ---------------------------------------------------------------------------------------------------------
 # The probability-flow ODE in sigma: grids and fixed-step steps
 # ---------------------------------------------------------------------------------------------------------
-def sigma_and_scale(sde: SDE, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+class HasMarginals(Protocol):
+    """Anything with the forward marginals ``p_t(x | x_0) = N(m x_0, s^2 I)``: an :class:`~sde_diffusers.sde.SDE`, or a
+    scheduler's :class:`~sde_diffusers.scheduler_sde.SchedulerSDE` view (whose marginals may be a discrete chain's)."""
+
+    def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def sigma_and_scale(sde: HasMarginals, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sigma, m) = (s(t) / m(t), m(t))``: the noise level of ``x / m`` and the scale ``m``."""
     mean_coeff, std = sde.marginal_coeffs(t)
     return std / mean_coeff, mean_coeff
 
 
-def t_from_sigma(sde: SDE, sigma: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``sigma(t) = s(t) / m(t)`` on ``[0, T]`` (exact for VE, bisection to float64 precision else)."""
+def t_from_sigma(
+    sde: HasMarginals,
+    sigma: torch.Tensor,
+    t_lo: torch.Tensor | float | None = None,
+    t_hi: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Inverse of ``sigma(t) = s(t) / m(t)`` on ``[t_lo, t_hi]`` (default ``[0, T]``): exact for a :class:`VESDE` on
+    its whole range, bisection to float64 precision otherwise (``sigma(t)`` increases with ``t``; where it is
+    piecewise constant, as for a discrete chain, the bisection lands on a jump)."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
-    if isinstance(sde, VESDE):
+    if isinstance(sde, VESDE) and t_lo is None and t_hi is None:
         return sde.sigma_to_t(sigma)
-    lo = torch.zeros_like(sigma)
-    hi = torch.full_like(sigma, sde.T)
-    for _ in range(64):  # sigma(t) is increasing; 64 halvings reach float64 resolution
+    lo = torch.zeros_like(sigma) if t_lo is None else torch.as_tensor(t_lo, dtype=torch.float64).expand_as(sigma)
+    hi = torch.full_like(sigma, sde.T) if t_hi is None else torch.as_tensor(t_hi, dtype=torch.float64).expand_as(sigma)
+    for _ in range(64):  # 64 halvings reach float64 resolution
         mid = 0.5 * (lo + hi)
         below = sigma_and_scale(sde, mid)[0] < sigma
         lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)

@@ -25,6 +25,9 @@ from collections.abc import Callable
 
 import torch
 
+from ..sde import broadcast_to
+from .ode import ode_euler_step
+
 __all__ = [
     "normalized_log_weights",
     "effective_sample_size",
@@ -190,15 +193,14 @@ def probability_flow_step(
     next_mean_coeff: torch.Tensor,
     next_std: torch.Tensor,
 ) -> torch.Tensor:
-    """One deterministic DDIM step (Euler in ``(x / m, sigma)`` of the probability-flow ODE) from ``x`` at the marginal
-    ``(m, s)`` to ``(m', s')``, given Tweedie's estimate ``x0`` at ``x``: ``m' (x0 + (sigma' / sigma) (x / m - x0))``
-    with ``sigma = s / m``. Coefficients of shape ``(batch,)``; differentiable in ``x`` and ``x0``."""
-
-    def b(c: torch.Tensor) -> torch.Tensor:
-        return c.reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
-
-    ratio = (next_std / next_mean_coeff) / (std / mean_coeff)
-    return b(next_mean_coeff) * (x0 + b(ratio) * (x / b(mean_coeff) - x0))
+    """One deterministic DDIM step from ``x`` at the marginal ``(m, s)`` to ``(m', s')`` given Tweedie's estimate
+    ``x0`` at ``x``: :func:`~sde_diffusers.sampling.ode.ode_euler_step` in ``(x / m, sigma)`` with the
+    probability-flow derivative ``(x / m - x0) / sigma``, i.e. ``m' (x0 + (sigma' / sigma) (x / m - x0))``.
+    Coefficients of shape ``(batch,)``; differentiable in ``x`` and ``x0``."""
+    m, s, m_next, s_next = (c.to(x.dtype) for c in (mean_coeff, std, next_mean_coeff, next_std))
+    sigma, next_sigma = s / m, s_next / m_next
+    derivative = (x / broadcast_to(m, x) - x0) / broadcast_to(sigma, x)
+    return ode_euler_step(x, derivative, sigma, next_sigma, m, m_next)
 
 
 def lookahead_variance(sigma2: torch.Tensor, landing_r2: torch.Tensor, landing_sigma2: torch.Tensor) -> torch.Tensor:
