@@ -11,11 +11,15 @@ proposal); what goes away is the twist's share.
 
 Run: ``python benchmarks/smc_oracle_twist.py [--held-out] [--steps 1000] [--particles 16]`` (development set at 1000
 steps about 40 min on one thread); writes ``benchmarks/results/smc_oracle_twist[_held_out]_<steps>_steps.json``.
+``--markdown`` prints the table of the benchmarks README from that JSON and the Gaussian twist's run of
+``conditional_accuracy.py --steps <steps> --particles <particles> --out
+benchmarks/results/conditional_accuracy[_held_out]_<steps>_steps.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -62,6 +66,32 @@ class ExactTwist:
         inverse.ObservationGuidance.evaluate = self.original
 
 
+def markdown(oracle: dict, gaussian_rows: list[dict]) -> str:
+    """Per problem, the worst over the schedulers of TV / noise (second-moment error / noise in brackets) with the
+    pipeline's Gaussian twist and with the exact one, and the number of runs within 2x the noise."""
+    method = f"smc K={oracle['particles']}"
+    gaussian = {
+        (r["problem"], r["scheduler"]): (r["tv"] / r["mc_tv"], r["second_moment_error"] / r["mc_second_moment_error"])
+        for r in gaussian_rows
+        if r["method"] == method
+    }
+    exact = {
+        (r["problem"], r["scheduler"]): (r["tv_over_noise"], r["second_moment_over_noise"]) for r in oracle["runs"]
+    }
+    gaussian = {key: value for key, value in gaussian.items() if key in exact}  # the same runs on both sides
+    lines = ["| problem | exact posterior | Gaussian twist | exact twist |", "|---|---|---|---|"]
+    for problem in dict.fromkeys(r["problem"] for r in oracle["runs"]):
+        cells = []
+        for table in (gaussian, exact):
+            runs = [v for (name, _), v in table.items() if name == problem]
+            cells.append(f"{max(v[0] for v in runs):.1f} ({max(v[1] for v in runs):.1f})")
+        weights = next(r["exact"] for r in oracle["runs"] if r["problem"] == problem)
+        lines.append(f"| {problem} | {'/'.join(f'{w:.2f}' for w in weights)} | {cells[0]} | {cells[1]} |")
+    counts = [sum(v[0] <= 2 for v in table.values()) for table in (gaussian, exact)]
+    lines.append(f"| runs with TV <= 2x noise | | {counts[0]} of {len(gaussian)} | {counts[1]} of {len(exact)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--held-out", action="store_true", help="the held-out problems instead of the tuning set")
@@ -71,13 +101,19 @@ def main() -> None:
     parser.add_argument("--schedulers", nargs="+", default=DEFAULT_SCHEDULERS)
     parser.add_argument("--problems", nargs="+", default=None, help="only these problem names")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--markdown", action="store_true", help="print the README table from the JSON files")
     args = parser.parse_args()
+    suffix = f"{'_held_out' if args.held_out else ''}_{args.steps}_steps.json"
+    results = os.path.join(os.path.dirname(__file__), "results")
+    out = args.out or os.path.join(results, f"smc_oracle_twist{suffix}")
+    if args.markdown:
+        with open(out) as fh, open(os.path.join(results, f"conditional_accuracy{suffix}")) as gh:
+            print(markdown(json.load(fh), json.load(gh)))
+        return
     torch.set_num_threads(1)
     problems = held_out_problems() if args.held_out else tuning_problems()
     if args.problems:
         problems = [p for p in problems if p.name in args.problems]
-    name = f"smc_oracle_twist{'_held_out' if args.held_out else ''}_{args.steps}_steps.json"
-    out = args.out or os.path.join(os.path.dirname(__file__), "results", name)
     options = dict(method="smc", num_particles=args.particles)
     rows = []
     for problem in problems:
