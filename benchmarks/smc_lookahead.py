@@ -236,6 +236,45 @@ def parse_config(text: str) -> tuple[int, int, str]:
     return particles, steps, variant if steps else "tweedie"
 
 
+def markdown(rows: list[dict]) -> str:
+    """The README table (TV / noise, second-moment error / noise in brackets, per problem, scheduler and config),
+    then per particle count and scheduler the means over the problems and the worst cells, Tweedie -> lookahead."""
+    configs = list(dict.fromkeys((r["particles"], r["lookahead_steps"]) for r in rows))
+    calls = {(r["particles"], r["lookahead_steps"]): r["network_calls_per_image"] for r in rows}
+    heads = [f"K={k} {'LA' if m else 'TDS'} ({calls[k, m]})" for k, m in configs]
+    lines = ["| problem | scheduler | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(configs)]
+    cell = {(r["problem"], r["scheduler"], r["particles"], r["lookahead_steps"]): r for r in rows}
+    for problem, scheduler in dict.fromkeys((r["problem"], r["scheduler"]) for r in rows):
+        values = []
+        for k, m in configs:
+            r = cell[problem, scheduler, k, m]
+            values.append(f"{r['tv_over_noise']:.1f} ({r['second_moment_error_over_noise']:.1f})")
+        lines.append(f"| {problem} | {scheduler} | " + " | ".join(values) + " |")
+    lines.append("")
+    steps = sorted({m for _, m in configs})
+
+    def mean(key: str, k: int, m: int, scheduler: str) -> str:
+        sel = [r[key] for r in rows if (r["particles"], r["lookahead_steps"], r["scheduler"]) == (k, m, scheduler)]
+        return f"{sum(sel) / len(sel):.1f}"
+
+    for k in dict.fromkeys(k for k, _ in configs):
+        for scheduler in dict.fromkeys(r["scheduler"] for r in rows):
+            tv = " -> ".join(mean("tv_over_noise", k, m, scheduler) for m in steps)
+            m2 = " -> ".join(mean("second_moment_error_over_noise", k, m, scheduler) for m in steps)
+            lines.append(f"* K={k} {scheduler}: mean TV / noise {tv}, second-moment error / noise {m2}")
+    for m in steps:
+        sel = [r for r in rows if r["lookahead_steps"] == m]
+        worst_tv = max(sel, key=lambda r: r["tv_over_noise"])
+        worst_m2 = max(sel, key=lambda r: r["second_moment_error_over_noise"])
+        lines.append(
+            f"* worst {'LA' if m else 'TDS'}: TV / noise {worst_tv['tv_over_noise']:.1f} ({worst_tv['problem']}, "
+            f"{worst_tv['scheduler']}, K={worst_tv['particles']}), second-moment error / noise "
+            f"{worst_m2['second_moment_error_over_noise']:.1f} ({worst_m2['problem']}, {worst_m2['scheduler']}, "
+            f"K={worst_m2['particles']})"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -258,14 +297,19 @@ def main() -> None:
         "Gaussian (gaussian-16d) checks that the 'mode' variant is exact there",
     )
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "smc_lookahead.json"))
+    parser.add_argument("--markdown", action="store_true", help="print the README table and summary from --out")
     args = parser.parse_args()
+    if args.held_out:
+        args.out = os.path.splitext(args.out)[0] + "_held_out.json"
+    if args.markdown:
+        with open(args.out) as fh:
+            print(markdown(json.load(fh)))
+        return
     torch.set_num_threads(1)
     configs = [parse_config(c) for c in args.configs]
     problems = {p.name: p for p in (held_out_problems() if args.held_out else tuning_problems())}
     if args.problems is None:
         args.problems = list(problems) if args.held_out else DEFAULT_PROBLEMS
-    if args.held_out:
-        args.out = os.path.splitext(args.out)[0] + "_held_out.json"
     # One Gaussian (issue-16d's first component alone): p(x_0 | x_t) is unimodal, the 'mode' twist must be exact.
     problems["gaussian-16d"] = _inpaint(
         "gaussian-16d", [0.35], [0.5], [0.1], [0.1], 0.058, (1, 4, 4), _left_half(4, 4), [1.0]
