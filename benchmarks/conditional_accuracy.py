@@ -530,6 +530,15 @@ def monte_carlo_noise(problem: Problem, samples: int, repeats: int = 20) -> dict
     return {key: sum(r[key] for r in runs) / repeats for key in keys}
 
 
+def exact_within(problem: Problem, samples: int, factor: float = 2.0, repeats: int = 100) -> float:
+    """How often an exact posterior sampler's own TV stays within ``factor`` times the Monte-Carlo noise (the mean TV
+    of :func:`monte_carlo_noise`): the pass rate a perfect sampler gets on a "within 2x the noise" criterion."""
+    noise = monte_carlo_noise(problem, samples)["tv"]
+    gen = torch.Generator().manual_seed(54321)
+    runs = [problem.metrics(problem.exact_samples(samples, gen))["tv"] for _ in range(repeats)]
+    return sum(tv <= factor * noise for tv in runs) / repeats
+
+
 def method_grid(particles: list[int]) -> dict[str, dict]:
     """Every method of the table: the three baselines, then SMC at each particle count."""
     grid = dict(BASELINES)

@@ -22,7 +22,7 @@ in every coordinate moves them by many Monte-Carlo noise units. This script
    out could still move the weights by a nat, so no floor is computed there (``smc_oracle_twist.py`` measures SMC with
    the exact twist instead).
 
-Run: ``python benchmarks/smc_chain_floor.py [--samples 2000]`` (about 4 minutes); writes
+Run: ``python benchmarks/smc_chain_floor.py [--samples 2000]`` (about 7 minutes under load); writes
 ``benchmarks/results/smc_chain_floor.json``.
 """
 

@@ -74,6 +74,17 @@ def test_exact_twist_on_the_grey_axis(floor):
     torch.testing.assert_close(problem.exact_twist(x, s2.flatten()), expected)
 
 
+def test_exact_sampler_pass_rate(floor):
+    # How often exact posterior draws stay within a factor of their own mean TV: never for factor 0, always for a
+    # huge factor, and for 2x neither (the criterion of the accuracy tables is not met by exact sampling every time).
+    accuracy = sys.modules["conditional_accuracy"]
+    problem = _tail_problem(floor)
+    assert accuracy.exact_within(problem, 64, factor=0.0, repeats=20) == 0.0
+    assert accuracy.exact_within(problem, 64, factor=100.0, repeats=20) == 1.0
+    two_modes = {p.name: p for p in floor.tuning_problems()}["two-modes"]  # exceeds 2x in ~20% of runs
+    assert 0.5 < accuracy.exact_within(two_modes, 64, factor=2.0, repeats=50) < 1.0
+
+
 def _tail_problem(floor):
     return {p.name: p for p in floor.tuning_problems()}["tail-16d"]
 
