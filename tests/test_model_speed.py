@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmark_helpers import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def model_speed():
-    sys.path.insert(0, str(BENCHMARKS))  # the benchmark imports its sibling _report
-    try:
-        spec = importlib.util.spec_from_file_location("model_speed", BENCHMARKS / "model_speed.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with benchmark_module("model_speed") as module:
         yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def _trainable(model: torch.nn.Module) -> int:

@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from benchmark_helpers import benchmark_module
 
 from sde_diffusers.pipelines import decoupled_colour_basis
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
 def floor():
-    sys.path.insert(0, str(BENCHMARKS))  # the benchmark imports its siblings
-    try:
-        spec = importlib.util.spec_from_file_location("smc_chain_floor", BENCHMARKS / "smc_chain_floor.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    with benchmark_module("smc_chain_floor") as module:
         yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
 
 
 def _bayes_log_likelihood(problem, x, sigma2):
@@ -74,14 +64,20 @@ def test_exact_twist_on_the_grey_axis(floor):
     torch.testing.assert_close(problem.exact_twist(x, s2.flatten()), expected)
 
 
-def test_exact_sampler_pass_rate(floor):
+@pytest.fixture(scope="module")
+def accuracy():
+    with benchmark_module("conditional_accuracy") as module:
+        yield module
+
+
+def test_exact_sampler_pass_rate(accuracy):
     # How often exact posterior draws stay within a factor of their own mean TV: never for factor 0, always for a
     # huge factor, and for 2x neither (the criterion of the accuracy tables is not met by exact sampling every time).
-    accuracy = sys.modules["conditional_accuracy"]
-    problem = _tail_problem(floor)
+    problems = {p.name: p for p in accuracy.tuning_problems()}
+    problem = problems["tail-16d"]
     assert accuracy.exact_within(problem, 64, factor=0.0, repeats=20) == 0.0
     assert accuracy.exact_within(problem, 64, factor=100.0, repeats=20) == 1.0
-    two_modes = {p.name: p for p in floor.tuning_problems()}["two-modes"]  # exceeds 2x in ~20% of runs
+    two_modes = problems["two-modes"]  # exceeds 2x in ~20% of runs
     assert 0.5 < accuracy.exact_within(two_modes, 64, factor=2.0, repeats=50) < 1.0
 
 
